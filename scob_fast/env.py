@@ -1,0 +1,55 @@
+"""Every SCOB_FAST_* environment variable, parsed in one place.
+
+This module imports nothing heavy: setup.py loads it by path before torch is importable.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# name -> one-line meaning; the README's table is written from this.
+VARIABLES = {
+    "SCOB_FAST_BACKEND": "force one backend for every op (cpp, triton, cuda, reference)",
+    "SCOB_FAST_MASKED_ATTENTION_BACKEND": "force the masked_attention backend",
+    "SCOB_FAST_LABEL_CONTRASTIVE_BACKEND": "force the label_contrastive_loss backend",
+    "SCOB_FAST_BUILD_CUDA": "setup.py: 1 forces the CUDA sources into the build, 0 skips them (default: auto)",
+    "SCOB_FAST_CACHE_DIR": "where generated data (the demo dataset) is cached (default ~/.cache/scob_fast)",
+}
+
+_FALSE = {"0", "false", "no", "off", ""}
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _get(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value.strip() if value is not None else None
+
+
+def flag(name: str) -> bool | None:
+    """Tri-state boolean: None when unset, else True/False; anything else is an error naming the variable."""
+    value = _get(name)
+    if value is None:
+        return None
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ValueError(f"{name}={value!r}: expected one of 0/1/true/false/yes/no/on/off")
+
+
+def forced_backend(op_name: str) -> str | None:
+    """The backend forced for `op_name` by SCOB_FAST_<OP>_BACKEND, else by SCOB_FAST_BACKEND."""
+    specific = _get(f"SCOB_FAST_{op_name.upper()}_BACKEND")
+    if specific:
+        return specific.lower()
+    general = _get("SCOB_FAST_BACKEND")
+    return general.lower() if general else None
+
+
+def build_cuda() -> bool | None:
+    return flag("SCOB_FAST_BUILD_CUDA")
+
+
+def cache_dir() -> Path:
+    value = _get("SCOB_FAST_CACHE_DIR")
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "scob_fast"
