@@ -1,0 +1,201 @@
+"""Scob: Semantic Contrastive Bootstrapping for single-positive multi-label recognition (IJCV 2023).
+
+Two engines run the same mathematics:
+- `reference`: the published per-iteration procedure, pass for pass: the frozen backbone runs four
+  times (supervised pass, Grad-CAM++, momentum pass, hard view), the reference attention and
+  contrastive ops, a one-image-at-a-time prototype bank and a double-loop class correlation.
+- `fast`: the backbone runs once on the clean image (its features are reused by the supervised
+  pass, the CAM and the momentum pass) and once on the hard view; Grad-CAM++ needs only the
+  high-level head (the low-level head does not depend on the high-level features, so it adds a
+  constant to the logit); the fast attention/contrastive kernels; a vectorised bank and correlation.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from scob_fast.engine.cam import cam_keep_masks, grad_cam_plus_plus, target_classes
+from scob_fast.engine.correlation import contrastive_weights, correlation, correlation_loop
+from scob_fast.engine.prototype_bank import PrototypeBank
+from scob_fast.methods.base import Method, MethodContext
+from scob_fast.models.label_estimator import LabelEstimator
+from scob_fast.models.scob_net import ScobNet
+from scob_fast.ops.label_contrastive import label_contrastive_loss
+
+
+def expected_positive_regulariser(logits: torch.Tensor, observed_positive: torch.Tensor, k: float) -> torch.Tensor:
+    """EPR(x) = mean_b(-sum_c y_obs log x / C) + ((mean_b sum_c x - k) / C)^2 with x = sigmoid(logits)."""
+    c = logits.shape[1]
+    positive_term = (observed_positive * F.softplus(-logits)).sum(dim=1).mean() / c
+    count_term = ((torch.sigmoid(logits).sum(dim=1).mean() - k) / c) ** 2
+    return positive_term + count_term
+
+
+def scob_supervised_loss(logits: torch.Tensor, estimator_logits: torch.Tensor, observed: torch.Tensor,
+                         expected_positives: float) -> torch.Tensor:
+    """(L1 + L2) / 2 with L1 = mean_b bce(p, sg(g)) + EPR(p), L2 = mean_b bce(g, sg(p)) + EPR(g)."""
+    logits, estimator_logits = logits.float(), estimator_logits.float()
+    positive = (observed > 0).float()
+    l1 = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(estimator_logits).detach()) \
+        + expected_positive_regulariser(logits, positive, expected_positives)
+    l2 = F.binary_cross_entropy_with_logits(estimator_logits, torch.sigmoid(logits).detach()) \
+        + expected_positive_regulariser(estimator_logits, positive, expected_positives)
+    return 0.5 * (l1 + l2)
+
+
+def scob_contrastive_loss(z, zk, labels, prototypes, prototype_valid, weights, temperature, backend=None):
+    """Published InfoNCE: logits [cos(z, zk), cos(z, proto_c) for every stored class] + 1, times
+    weights (1 for the positive, W[y, c] for prototypes), / temperature, cross-entropy on index 0."""
+    z = F.normalize(z.float(), dim=1)
+    zk = F.normalize(zk.float(), dim=1)
+    protos = F.normalize(prototypes.float(), dim=1)
+    candidate_labels = torch.arange(protos.shape[0], device=z.device)
+    candidate_labels = torch.where(prototype_valid, candidate_labels, torch.full_like(candidate_labels, -1))
+    return label_contrastive_loss(
+        z, labels, protos, candidate_labels, temperature=temperature, class_weights=weights,
+        extra_positive=zk, positives="extra_only", weight_mode="logit", logit_shift=1.0, backend=backend)
+
+
+class Scob(Method):
+    name = "scob"
+    needs_hard_view = True
+    label_regimes = ("single",)
+
+    @staticmethod
+    def add_arguments(group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--engine", choices=["fast", "reference"], default="fast",
+                           help="fast: one backbone pass per view, fused kernels; reference: the published procedure")
+        group.add_argument("--lambda-cl", type=float, default=0.1, help="contrastive loss weight")
+        group.add_argument("--temperature", type=float, default=1.0, help="contrastive temperature")
+        group.add_argument("--ema-alpha", type=float, default=0.999, help="momentum heads' EMA decay")
+        group.add_argument("--published-ema", action="store_true",
+                           help="reproduce the public code's EMA, which never moves the momentum heads")
+        group.add_argument("--bank-size", type=int, default=2, help="momentum features stored per class")
+        group.add_argument("--cam-threshold", type=float, default=0.5, help="CAM keep threshold")
+        group.add_argument("--soft-correlation", action="store_true",
+                           help="weights from the raw correlation instead of the published hard (==1) one")
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        a = ctx.args
+        self.engine = a.engine
+        self.net = ScobNet(ctx.backbone.channels, ctx.num_classes, dim=a.dim, ffn=a.ffn, dropout=a.dropout)
+        self.estimator = LabelEstimator(ctx.observed, seed=a.seed)
+        self.bank = PrototypeBank(ctx.num_classes, a.bank_size, a.dim)
+        self.register_buffer("contrast_weights", torch.ones(ctx.num_classes, ctx.num_classes))
+        self.set_engine(a.engine)
+
+    def set_engine(self, engine: str) -> None:
+        if engine not in ("fast", "reference"):
+            raise ValueError(f"engine must be 'fast' or 'reference', got {engine!r}")
+        self.engine = engine
+        self.net.set_attention_backend("reference" if engine == "reference" else None)
+
+    def _to(self, device):
+        self.bank = PrototypeBank(self.bank.num_classes, self.bank.capacity, self.bank.dim, device=device)
+
+    def param_groups(self) -> list[dict]:
+        a = self.ctx.args
+        groups = self.net.param_groups(a.lr_linear, a.lr_transformer, a.lr_projector, a.lr_classifier)
+        groups.append({"name": "estimator", "params": list(self.estimator.parameters()), "lr": a.lr_estimator})
+        return groups
+
+    def start_epoch(self, epoch: int) -> None:
+        self.bank.clear()
+        probabilities = torch.sigmoid(self.estimator.logits.detach().float())
+        r = (correlation_loop if self.engine == "reference" else correlation)(probabilities.cpu())
+        self.contrast_weights.copy_(contrastive_weights(r, hard=not self.ctx.args.soft_correlation))
+
+    @torch.no_grad()
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        f_low, f_high = self.backbone(images)
+        return self.net(f_low, f_high)
+
+    # -- the pieces both engines share --------------------------------------------------------
+    def _supervised(self, f_low, f_high, batch, optimizer):
+        amp, a = self.ctx.amp, self.ctx.args
+        with amp.autocast():
+            logits = self.net(f_low, f_high)
+        loss = scob_supervised_loss(logits, self.estimator(batch["index"]), batch["observed"], a.expected_positives)
+        amp.step(loss, optimizer)
+        return logits.detach().float(), loss.detach()
+
+    def _cam_masks(self, f_low, f_high, classes):
+        """Keep masks for the two token grids from Grad-CAM++ of `classes` on the high level."""
+        f_high = f_high.detach().float().requires_grad_(True)
+        self.net.eval()
+        try:
+            with torch.enable_grad():
+                if self.engine == "reference":
+                    logits = self.net(f_low.detach().float(), f_high)
+                else:
+                    # d logit / d f_high only flows through the high head: score that part alone.
+                    half = self.net.classifier.in_features // 2
+                    h_high = self.net.head_high(f_high)
+                    logits = h_high @ self.net.classifier.weight[:, half:].t()
+                score = logits.gather(1, classes[:, None]).sum()
+                gradients, = torch.autograd.grad(score, f_high)
+        finally:
+            self.net.train()
+        cam = grad_cam_plus_plus(f_high.detach(), gradients)
+        grids = [tuple(f_low.shape[-2:]), tuple(f_high.shape[-2:])]
+        return cam_keep_masks(cam, self.ctx.image_size, grids, self.ctx.args.cam_threshold)
+
+    def _contrastive(self, z, zk, classes, optimizer):
+        a = self.ctx.args
+        prototypes, valid = self.bank.prototypes()
+        loss = a.lambda_cl * scob_contrastive_loss(
+            z, zk, classes, prototypes, valid, self.contrast_weights, a.temperature,
+            backend="reference" if self.engine == "reference" else None)
+        self.ctx.amp.step(loss, optimizer)
+        return loss.detach()
+
+    def train_step(self, batch: dict, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        amp, a = self.ctx.amp, self.ctx.args
+        images, hard = batch["image"], batch["image_hard"]
+        reference = self.engine == "reference"
+        with torch.no_grad(), amp.autocast():
+            f_low, f_high = self.backbone(images)
+        # 1. supervised pass against the label estimator
+        logits, loss_sup = self._supervised(f_low, f_high, batch, optimizer)
+        probabilities = torch.sigmoid(logits)
+        classes = target_classes(batch["observed"], probabilities)
+        # 2. CAM keep masks (the reference recomputes the clean features, as published)
+        if reference:
+            with torch.no_grad(), amp.autocast():
+                f_low, f_high = self.backbone(images)
+        keep_low, keep_high = self._cam_masks(f_low, f_high, classes)
+        # 3. momentum key on the clean image with the masks
+        if not a.published_ema:
+            self.net.update_momentum(a.ema_alpha)
+        if reference:
+            with torch.no_grad(), amp.autocast():
+                f_low, f_high = self.backbone(images)
+        with torch.no_grad(), amp.autocast():
+            zk = self.net.embed_momentum(f_low, f_high, keep_low, keep_high).float()
+        # 4. hard-augmented view through the masked heads and the projector
+        with torch.no_grad(), amp.autocast():
+            h_low, h_high = self.backbone(hard)
+        stats = {"loss_sup": loss_sup}
+        # 5. contrastive step, only when both levels keep something
+        if bool(keep_low.any()) and bool(keep_high.any()):
+            with amp.autocast():
+                z = self.net.projector(self.net.embed(h_low, h_high, keep_low, keep_high))
+            stats["loss_cl"] = self._contrastive(z, zk, classes, optimizer)
+        else:
+            stats["loss_cl"] = torch.zeros(())
+        # 6. bank update with the supervised pass's confidence of each image's class
+        confidence = probabilities.gather(1, classes[:, None])[:, 0]
+        update = self.bank.update_sequential if reference else self.bank.update
+        update(zk, classes, confidence, batch["index"])
+        stats["keep_low"] = keep_low.float().mean()
+        stats["keep_high"] = keep_high.float().mean()
+        return stats
+
+    def extra_state(self) -> dict:
+        return {"bank": self.bank.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.bank.load_state_dict(state["bank"])

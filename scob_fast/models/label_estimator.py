@@ -1,0 +1,38 @@
+"""Per-training-sample label estimator (ROLE, Cole et al. 2021; reused by Scob).
+
+A learnable logit matrix [N, C]: unobserved entries start uniform in logit(0.2)..logit(0.8), observed
+positives are pinned at logit(0.995) at initialisation. g(idx) = sigmoid(logits[idx]).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+class LabelEstimator(nn.Module):
+    INIT_LOW, INIT_HIGH, POSITIVE = 0.2, 0.8, 0.995
+
+    def __init__(self, observed: torch.Tensor, seed: int = 0):
+        """observed: [N, C] with 1 = observed positive (anything else is left to the random init)."""
+        super().__init__()
+        if observed.dim() != 2:
+            raise ValueError(f"LabelEstimator: observed must be [N, C], got shape {tuple(observed.shape)}")
+        generator = torch.Generator().manual_seed(seed)
+        low, high = _logit(self.INIT_LOW), _logit(self.INIT_HIGH)
+        logits = torch.rand(observed.shape, generator=generator) * (high - low) + low
+        logits[observed == 1] = _logit(self.POSITIVE)
+        self.logits = nn.Parameter(logits)
+
+    @property
+    def num_samples(self) -> int:
+        return self.logits.shape[0]
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        """Estimator logits of the samples `index` (apply sigmoid for probabilities)."""
+        return self.logits[index]
