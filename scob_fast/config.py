@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=int, help="input resolution (default 448; demo 128)")
     g.add_argument("--loader", choices=["auto", "dali", "pil"], default="auto", help="decode pipeline")
     g.add_argument("--workers", type=int, help="loader worker threads/processes")
+    g.add_argument("--cache-features", action="store_true",
+                   help="precompute the frozen backbone's features (and their flips) once into --out (fp16 memmap); "
+                        "for methods without image-space augmentation")
     g.add_argument("--max-bad-fraction", type=float, default=0.01,
                    help="stop when more than this fraction of an epoch's images cannot be read")
 
@@ -74,8 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps (smoke tests)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    added = {}
     for name in sorted(METHODS):
-        method_class(name).add_arguments(p.add_argument_group(f"method {name}"))
+        add = method_class(name).add_arguments
+        if add in added:  # method families (the baselines) share one set of flags
+            continue
+        added[add] = name
+        add(p.add_argument_group(f"method options ({add.__qualname__.split('.')[0]})"))
     return p
 
 

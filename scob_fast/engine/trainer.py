@@ -16,6 +16,7 @@ import yaml
 from scob_fast.data import build_dataset, build_loader, load_observed, observe_labels, save_observed
 from scob_fast.engine import checkpoint
 from scob_fast.engine.amp import AmpPolicy
+from scob_fast.engine.feature_cache import CachedFeatureLoader, FeatureCache
 from scob_fast.engine.metrics import multilabel_metrics
 from scob_fast.engine.progress import Progress
 from scob_fast.methods import method_class
@@ -42,7 +43,7 @@ def evaluate(method, loader, device, empty_class: str = "exclude") -> dict:
     for batch in loader:
         batch = _to_device(batch, device)
         with method.ctx.amp.autocast():
-            logits = method.predict_logits(batch["image"])
+            logits = method.predict_batch(batch)
         scores.append(torch.sigmoid(logits.float()).cpu())
         targets.append(batch["labels"].cpu())
     method.train()
@@ -83,6 +84,26 @@ def _bad_image_guard(loader, limit: float, epoch: int) -> None:
                            f"(> --max-bad-fraction {limit}); check the dataset")
 
 
+def _no_observed(dataset) -> np.ndarray:
+    return np.zeros(dataset.labels.shape, dtype=np.int8)
+
+
+def _cached_loaders(args, cls, backbone, loader_opts, observed, train_set, val_set, test_set, run_dir):
+    if not cls.supports_feature_cache:
+        raise SystemExit(f"--cache-features: method {args.method} needs image-space views (e.g. Scob's hard view), "
+                         "which cached features cannot give; run it without --cache-features")
+    loaders = []
+    for split, dataset, flips in (("train", train_set, True), ("val", val_set, False), ("test", test_set, False)):
+        key = {"dataset": args.dataset, "root": str(args.data_root), "split": split, "images": len(dataset),
+               "backbone": args.backbone, "weights": str(args.backbone_weights), "image_size": args.image_size}
+        source = build_loader(dataset, _no_observed(dataset), train=False, hard_view=False, **loader_opts)
+        log.info("feature cache: %s split (%d images, flips=%s)", split, len(dataset), flips)
+        cache = FeatureCache.build(run_dir.path / "feature_cache" / split, backbone, source, len(dataset), flips, key)
+        loaders.append(CachedFeatureLoader(cache, dataset.labels, observed if split == "train" else None,
+                                           args.batch_size, train=split == "train", seed=args.seed))
+    return loaders
+
+
 def run(args) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     seed_everything(args.seed)
@@ -118,9 +139,13 @@ def run(args) -> dict:
     spec = backbone.spec
     loader_opts = dict(batch_size=args.batch_size, image_size=args.image_size, mean=spec.mean, std=spec.std,
                        loader=args.loader, workers=args.workers, seed=args.seed)
-    train_loader = build_loader(train_set, observed, train=True, hard_view=cls.needs_hard_view, **loader_opts)
-    val_loader = build_loader(val_set, None, train=False, hard_view=False, **loader_opts)
-    test_loader = build_loader(test_set, None, train=False, hard_view=False, **loader_opts)
+    if args.cache_features:
+        train_loader, val_loader, test_loader = _cached_loaders(args, cls, backbone, loader_opts, observed,
+                                                                train_set, val_set, test_set, run_dir)
+    else:
+        train_loader = build_loader(train_set, observed, train=True, hard_view=cls.needs_hard_view, **loader_opts)
+        val_loader = build_loader(val_set, _no_observed(val_set), train=False, hard_view=False, **loader_opts)
+        test_loader = build_loader(test_set, _no_observed(test_set), train=False, hard_view=False, **loader_opts)
 
     optimizer = torch.optim.Adam(method.param_groups())
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=0.1)
@@ -160,7 +185,7 @@ def run(args) -> dict:
             stats = method.train_step(batch, optimizer)
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value.detach()
-            progress.update(step, batch["image"].shape[0], stats)
+            progress.update(step, batch["index"].shape[0], stats)
         images_per_s = progress.close()
         train_time = time.perf_counter() - start
         _bad_image_guard(train_loader, args.max_bad_fraction, epoch)

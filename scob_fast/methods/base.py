@@ -52,8 +52,28 @@ class Method(nn.Module):
         """One iteration; returns detached scalar tensors for logging (no host sync required)."""
         raise NotImplementedError
 
+    supports_feature_cache = True     # can it train from --cache-features batches (no image views)?
+
+    def clean_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen backbone's two levels of the clean view: from the feature cache when the batch
+        carries them, else one backbone pass."""
+        if "features_low" in batch:
+            return batch["features_low"], batch["features_high"]
+        with torch.no_grad(), self.ctx.amp.autocast():
+            return self.backbone(batch["image"])
+
+    def predict_from_features(self, f_low: torch.Tensor, f_high: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"method {self.name} cannot predict from cached features")
+
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        with torch.no_grad(), self.ctx.amp.autocast():
+            f_low, f_high = self.backbone(images)
+        return self.predict_from_features(f_low, f_high)
+
+    def predict_batch(self, batch: dict) -> torch.Tensor:
+        if "features_low" in batch:
+            return self.predict_from_features(batch["features_low"], batch["features_high"])
+        return self.predict_logits(batch["image"])
 
     def extra_state(self) -> dict:
         return {}

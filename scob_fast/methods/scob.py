@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from scob_fast.engine.cam import cam_keep_masks, grad_cam_plus_plus, target_classes
+from scob_fast.engine.phase_timer import PhaseTimer
 from scob_fast.engine.correlation import contrastive_weights, correlation, correlation_loop
 from scob_fast.engine.prototype_bank import PrototypeBank
 from scob_fast.methods.base import Method, MethodContext
@@ -61,6 +62,7 @@ def scob_contrastive_loss(z, zk, labels, prototypes, prototype_valid, weights, t
 class Scob(Method):
     name = "scob"
     needs_hard_view = True
+    supports_feature_cache = False    # its hard view is an image-space augmentation
     label_regimes = ("single",)
 
     @staticmethod
@@ -85,6 +87,7 @@ class Scob(Method):
         self.estimator = LabelEstimator(ctx.observed, seed=a.seed)
         self.bank = PrototypeBank(ctx.num_classes, a.bank_size, a.dim)
         self.register_buffer("contrast_weights", torch.ones(ctx.num_classes, ctx.num_classes))
+        self.timer = PhaseTimer(enabled=False)
         self.set_engine(a.engine)
 
     def set_engine(self, engine: str) -> None:
@@ -109,8 +112,7 @@ class Scob(Method):
         self.contrast_weights.copy_(contrastive_weights(r, hard=not self.ctx.args.soft_correlation))
 
     @torch.no_grad()
-    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
-        f_low, f_high = self.backbone(images)
+    def predict_from_features(self, f_low: torch.Tensor, f_high: torch.Tensor) -> torch.Tensor:
         return self.net(f_low, f_high)
 
     # -- the pieces both engines share --------------------------------------------------------
@@ -153,43 +155,48 @@ class Scob(Method):
         return loss.detach()
 
     def train_step(self, batch: dict, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-        amp, a = self.ctx.amp, self.ctx.args
+        amp, a, timer = self.ctx.amp, self.ctx.args, self.timer
         images, hard = batch["image"], batch["image_hard"]
         reference = self.engine == "reference"
-        with torch.no_grad(), amp.autocast():
+        with timer("backbone"), torch.no_grad(), amp.autocast():
             f_low, f_high = self.backbone(images)
         # 1. supervised pass against the label estimator
-        logits, loss_sup = self._supervised(f_low, f_high, batch, optimizer)
-        probabilities = torch.sigmoid(logits)
-        classes = target_classes(batch["observed"], probabilities)
+        with timer("supervised"):
+            logits, loss_sup = self._supervised(f_low, f_high, batch, optimizer)
+            probabilities = torch.sigmoid(logits)
+            classes = target_classes(batch["observed"], probabilities)
         # 2. CAM keep masks (the reference recomputes the clean features, as published)
         if reference:
-            with torch.no_grad(), amp.autocast():
+            with timer("backbone"), torch.no_grad(), amp.autocast():
                 f_low, f_high = self.backbone(images)
-        keep_low, keep_high = self._cam_masks(f_low, f_high, classes)
+        with timer("cam"):
+            keep_low, keep_high = self._cam_masks(f_low, f_high, classes)
         # 3. momentum key on the clean image with the masks
-        if not a.published_ema:
-            self.net.update_momentum(a.ema_alpha)
         if reference:
-            with torch.no_grad(), amp.autocast():
+            with timer("backbone"), torch.no_grad(), amp.autocast():
                 f_low, f_high = self.backbone(images)
-        with torch.no_grad(), amp.autocast():
-            zk = self.net.embed_momentum(f_low, f_high, keep_low, keep_high).float()
+        with timer("momentum"), torch.no_grad():
+            if not a.published_ema:
+                self.net.update_momentum(a.ema_alpha)
+            with amp.autocast():
+                zk = self.net.embed_momentum(f_low, f_high, keep_low, keep_high).float()
         # 4. hard-augmented view through the masked heads and the projector
-        with torch.no_grad(), amp.autocast():
+        with timer("backbone"), torch.no_grad(), amp.autocast():
             h_low, h_high = self.backbone(hard)
         stats = {"loss_sup": loss_sup}
         # 5. contrastive step, only when both levels keep something
-        if bool(keep_low.any()) and bool(keep_high.any()):
-            with amp.autocast():
-                z = self.net.projector(self.net.embed(h_low, h_high, keep_low, keep_high))
-            stats["loss_cl"] = self._contrastive(z, zk, classes, optimizer)
-        else:
-            stats["loss_cl"] = torch.zeros(())
+        with timer("contrastive"):
+            if bool(keep_low.any()) and bool(keep_high.any()):
+                with amp.autocast():
+                    z = self.net.projector(self.net.embed(h_low, h_high, keep_low, keep_high))
+                stats["loss_cl"] = self._contrastive(z, zk, classes, optimizer)
+            else:
+                stats["loss_cl"] = torch.zeros(())
         # 6. bank update with the supervised pass's confidence of each image's class
-        confidence = probabilities.gather(1, classes[:, None])[:, 0]
-        update = self.bank.update_sequential if reference else self.bank.update
-        update(zk, classes, confidence, batch["index"])
+        with timer("bank"):
+            confidence = probabilities.gather(1, classes[:, None])[:, 0]
+            update = self.bank.update_sequential if reference else self.bank.update
+            update(zk, classes, confidence, batch["index"])
         stats["keep_low"] = keep_low.float().mean()
         stats["keep_high"] = keep_high.float().mean()
         return stats

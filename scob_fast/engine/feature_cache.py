@@ -1,0 +1,125 @@
+"""`--cache-features`: the frozen backbone's two feature levels, computed once, memory-mapped (fp16).
+
+A frozen backbone in eval mode gives the same features for the same image every epoch, so methods
+that need no image-space augmentation beyond the horizontal flip can train at head cost. For each
+training image the cache holds the features of the resized image and of its mirror; val/test hold
+the unflipped features only. Disk per image (fp16, x2 for the flip): 2 * 2 bytes * (C_low * H_low *
+W_low + C_high * H_high * W_high) — 110 KB for EfficientNet-Lite0 at 128 px, 4.8 MB for ResNet-50 at
+448 px (so about 390 GB for COCO-2014 train at full size: size the cache before you ask for it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CACHE_VERSION = 1
+
+
+def cache_bytes_per_image(shapes: tuple[tuple[int, ...], tuple[int, ...]], views: int) -> int:
+    return views * 2 * sum(int(np.prod(s)) for s in shapes)
+
+
+class FeatureCache:
+    """Two memory-mapped arrays [N, views, C, H, W] (float16) plus meta.json, written last."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"feature cache {self.path} is incomplete (no meta.json)")
+        self.meta = json.loads(meta_path.read_text())
+        self.views = self.meta["views"]
+        self.low = np.memmap(self.path / "low.f16", dtype=np.float16, mode="r", shape=tuple(self.meta["low_shape"]))
+        self.high = np.memmap(self.path / "high.f16", dtype=np.float16, mode="r", shape=tuple(self.meta["high_shape"]))
+
+    def __len__(self) -> int:
+        return self.low.shape[0]
+
+    @staticmethod
+    @torch.no_grad()
+    def build(path: Path, backbone, loader, num_images: int, flips: bool, key: dict) -> "FeatureCache":
+        """Run `backbone` over an eval-mode `loader` (dataset order) and store the features."""
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            if meta.get("key") == key and meta.get("version") == CACHE_VERSION:
+                return FeatureCache(path)
+        tmp = path.with_name(path.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        views = 2 if flips else 1
+        low = high = None
+        written = 0
+        device = next(backbone.parameters()).device
+        for batch in loader:
+            images = batch["image"].to(device)
+            variants = [images, images.flip(-1)] if flips else [images]
+            outputs = [backbone(v) for v in variants]
+            if low is None:
+                low_shape = (num_images, views, *outputs[0][0].shape[1:])
+                high_shape = (num_images, views, *outputs[0][1].shape[1:])
+                low = np.memmap(tmp / "low.f16", dtype=np.float16, mode="w+", shape=low_shape)
+                high = np.memmap(tmp / "high.f16", dtype=np.float16, mode="w+", shape=high_shape)
+            index = batch["index"].numpy()
+            for view, (f_low, f_high) in enumerate(outputs):
+                low[index, view] = f_low.float().cpu().numpy().astype(np.float16)
+                high[index, view] = f_high.float().cpu().numpy().astype(np.float16)
+            written += len(index)
+        if low is None:
+            raise RuntimeError(f"feature cache {path}: the loader produced no images")
+        low.flush()
+        high.flush()
+        meta = {"version": CACHE_VERSION, "key": key, "views": views, "low_shape": list(low.shape),
+                "high_shape": list(high.shape), "images_written": written,
+                "bytes_per_image": cache_bytes_per_image((low.shape[2:], high.shape[2:]), views)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+        return FeatureCache(path)
+
+
+class CachedFeatureLoader:
+    """Batches of cached features with the loader's batch layout (features instead of images).
+
+    Train mode shuffles with the same seed/epoch rule as the image loaders and picks the mirrored
+    view with probability 1/2 per sample (the random horizontal flip), seeded by (seed, epoch).
+    """
+
+    def __init__(self, cache: FeatureCache, labels: np.ndarray, observed: np.ndarray | None, batch_size: int,
+                 train: bool, seed: int = 0, drop_last: bool | None = None):
+        self.cache, self.labels = cache, labels
+        self.observed = observed if observed is not None else np.zeros_like(labels, dtype=np.int8)
+        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.drop_last = train if drop_last is None else drop_last
+        self.epoch = 0
+        self.skipped = 0
+        self.dataset = range(len(cache))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.cache)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        from scob_fast.data import epoch_order
+        n = len(self.cache)
+        order = epoch_order(n, self.seed, self.epoch, self.train)
+        flips = np.random.default_rng([self.seed, self.epoch, 7]).random(n) < 0.5
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = np.sort(order[start:start + self.batch_size]) if not self.train else order[start:start + self.batch_size]
+            view = (flips[index] & (self.cache.views > 1)).astype(np.int64) if self.train else np.zeros(len(index), np.int64)
+            yield {
+                "features_low": torch.from_numpy(np.asarray(self.cache.low[index, view], dtype=np.float32)),
+                "features_high": torch.from_numpy(np.asarray(self.cache.high[index, view], dtype=np.float32)),
+                "observed": torch.from_numpy(self.observed[index].astype(np.float32)),
+                "labels": torch.from_numpy(self.labels[index].astype(np.float32)),
+                "index": torch.from_numpy(index.astype(np.int64)),
+            }

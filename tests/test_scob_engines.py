@@ -1,0 +1,83 @@
+"""The fast Scob engine computes what the reference procedure computes (dropout off, float32)."""
+import argparse
+
+import pytest
+import torch
+
+from scob_fast.engine.amp import AmpPolicy
+from scob_fast.methods.base import MethodContext
+from scob_fast.methods.scob import Scob
+from scob_fast.models.backbone import build_backbone
+
+C, N, B, S = 5, 24, 6, 64
+
+
+def _args(engine, **over):
+    a = dict(engine=engine, dim=64, ffn=96, dropout=0.0, seed=0, bank_size=2, lambda_cl=0.5, temperature=0.5,
+             ema_alpha=0.9, published_ema=False, cam_threshold=0.5, soft_correlation=False,
+             expected_positives=1.5, lr_linear=1e-3, lr_transformer=1e-3, lr_projector=1e-2,
+             lr_classifier=1e-3, lr_estimator=1e-2)
+    a.update(over)
+    return argparse.Namespace(**a)
+
+
+def _method(engine, backbone, observed, **over):
+    ctx = MethodContext(backbone=backbone, num_classes=C, num_samples=N, observed=observed, args=_args(engine, **over),
+                        device=torch.device("cpu"), amp=AmpPolicy("cpu", False), image_size=S)
+    torch.manual_seed(0)
+    return Scob(ctx)
+
+
+def _batches(observed, steps):
+    g = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        index = torch.randperm(N, generator=g)[:B]
+        yield {"image": torch.randn(B, 3, S, S, generator=g), "image_hard": torch.randn(B, 3, S, S, generator=g),
+               "observed": observed[index].float(), "index": index}
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)
+    return build_backbone("efficientnet_lite0")
+
+
+def test_fast_engine_matches_reference(backbone):
+    observed = torch.zeros(N, C, dtype=torch.int8)
+    observed[torch.arange(N), torch.arange(N) % C] = 1
+    ref = _method("reference", backbone, observed)
+    fast = _method("fast", backbone, observed)
+    fast.load_state_dict(ref.state_dict())
+    opt_ref = torch.optim.Adam(ref.param_groups())
+    opt_fast = torch.optim.Adam(fast.param_groups())
+    ref.train(), fast.train()
+    ref.start_epoch(0), fast.start_epoch(0)
+    assert torch.equal(ref.contrast_weights, fast.contrast_weights)
+    contrasted = 0
+    for batch in _batches(observed, 5):
+        s_ref = ref.train_step(dict(batch), opt_ref)
+        s_fast = fast.train_step(dict(batch), opt_fast)
+        for key in ("loss_sup", "loss_cl", "keep_low", "keep_high"):
+            assert torch.allclose(s_ref[key], s_fast[key], rtol=1e-4, atol=1e-5), (key, s_ref[key], s_fast[key])
+        contrasted += float(s_ref["loss_cl"]) != 0.0
+    assert contrasted >= 2, "the contrastive branch must actually run in this test"
+    assert torch.allclose(ref.estimator.logits, fast.estimator.logits, atol=1e-5)
+    assert torch.equal(ref.bank.image_index, fast.bank.image_index)
+    assert torch.allclose(ref.bank.features, fast.bank.features, atol=1e-4)
+    for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters()):
+        assert torch.allclose(p_ref, p_fast, atol=2e-4, rtol=1e-3), name
+
+
+def test_ema_moves_momentum_heads_unless_published(backbone):
+    observed = torch.zeros(N, C, dtype=torch.int8)
+    observed[torch.arange(N), 0] = 1
+    for published, should_move in ((False, True), (True, False)):
+        method = _method("fast", backbone, observed, published_ema=published)
+        before = [p.clone() for p in method.net.momentum_parameters()]
+        opt = torch.optim.Adam(method.param_groups())
+        method.start_epoch(0)
+        for batch in _batches(observed, 2):
+            method.train_step(batch, opt)
+        moved = any(not torch.equal(a, b) for a, b in zip(before, method.net.momentum_parameters()))
+        assert moved == should_move
+        assert all(not p.requires_grad for p in method.net.momentum_parameters())
