@@ -48,7 +48,7 @@ def main() -> None:
     p.add_argument("--backbone", default="efficientnet_lite0")
     args = p.parse_args()
 
-    backbone = build_backbone(args.backbone, pretrained=args.backbone == "efficientnet_lite0")
+    backbone = build_backbone(args.backbone, pretrained=args.backbone == "efficientnet_lite0").use_channels_last()
     observed = torch.zeros(args.samples, args.classes, dtype=torch.int8)
     observed[torch.arange(args.samples), torch.arange(args.samples) % args.classes] = 1
     g = torch.Generator().manual_seed(0)

@@ -12,7 +12,8 @@ from scob_fast.methods import METHODS, method_class
 # (448 px, d = 1024, FFN 2048, 20 epochs, batch 8); the embedded demo is sized to finish in minutes
 # on 2 CPU cores.
 DATASET_DEFAULTS = {
-    "demo": dict(image_size=128, dim=256, ffn=512, epochs=3, batch_size=16, expected_positives=2.5,
+    # k = 2.25: the measured mean number of classes per generated demo image.
+    "demo": dict(image_size=128, dim=256, ffn=512, epochs=3, batch_size=16, expected_positives=2.25,
                  lr_step=16, workers=2),
     "coco2014": dict(expected_positives=3.9),
     "voc2007": dict(expected_positives=1.5),
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-root", help="dataset directory in its official layout (demo: generated cache)")
     g.add_argument("--labels", default=None,
                    help="label regime: full, single, partial:P (default: the method's own regime)")
+    g.add_argument("--demo-images", type=int, default=2000,
+                   help="demo only: generated train2014 images (val2014 gets 30%% as many)")
     g.add_argument("--label-seed", type=int, default=1200, help="seed of the observed-label draw")
     g.add_argument("--image-size", type=int, help="input resolution (default 448; demo 128)")
     g.add_argument("--loader", choices=["auto", "dali", "pil"], default="auto", help="decode pipeline")

@@ -56,3 +56,23 @@ def test_efficientnet_lite0_packaged_weights_recognise_imagenet_content():
         low, high = backbone((image - 0.5) / 0.5)
     assert 985 in logits.topk(3).indices[0].tolist()  # ImageNet "daisy"
     assert low.shape == (1, 112, 14, 14) and high.shape == (1, 1280, 7, 7)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
+def test_folded_batchnorm_and_channels_last_match_the_plain_network(name):
+    torch.manual_seed(0)
+    plain = build_backbone(name, pretrained=False, fold_batchnorm=False)
+    for module in plain.modules():  # non-trivial BN statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    fast = build_backbone(name, pretrained=False, fold_batchnorm=False)
+    fast.network.load_state_dict(plain.network.state_dict())
+    fast.network.fold_batchnorm()
+    fast.use_channels_last()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        for a, b in zip(plain(x), fast(x)):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * a.abs().max().item())

@@ -9,7 +9,7 @@ from scob_fast.methods.base import MethodContext
 from scob_fast.methods.scob import Scob
 from scob_fast.models.backbone import build_backbone
 
-C, N, B, S = 5, 24, 6, 64
+C, N, B, S = 5, 24, 4, 128
 
 
 def _args(engine, **over):

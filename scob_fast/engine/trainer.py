@@ -76,14 +76,6 @@ class RunDirectory:
             handle.write(json.dumps(row) + "\n")
 
 
-def _bad_image_guard(loader, limit: float, epoch: int) -> None:
-    skipped = int(getattr(loader, "skipped", 0))
-    total = max(len(getattr(loader, "dataset", [])) or 1, 1)
-    if skipped and skipped / total > limit:
-        raise RuntimeError(f"epoch {epoch}: {skipped} of {total} images could not be read "
-                           f"(> --max-bad-fraction {limit}); check the dataset")
-
-
 def _no_observed(dataset) -> np.ndarray:
     return np.zeros(dataset.labels.shape, dtype=np.int8)
 
@@ -111,9 +103,12 @@ def run(args) -> dict:
     run_dir = RunDirectory(args.out)
     resume_state = checkpoint.load(args.resume) if args.resume else None
 
-    train_set = build_dataset(args.dataset, args.data_root, "train")
-    val_set = build_dataset(args.dataset, args.data_root, "val")
-    test_set = build_dataset(args.dataset, args.data_root, "test")
+    opts = {}
+    if args.dataset == "demo":
+        opts = {"train_images": args.demo_images, "val_images": max(args.demo_images * 3 // 10, 1)}
+    train_set = build_dataset(args.dataset, args.data_root, "train", **opts)
+    val_set = build_dataset(args.dataset, args.data_root, "val", **opts)
+    test_set = build_dataset(args.dataset, args.data_root, "test", **opts)
     if args.resume and (Path(args.resume).parent / "observed_labels.npz").exists():
         observed = load_observed(Path(args.resume).parent)
     else:
@@ -124,9 +119,7 @@ def run(args) -> dict:
                   class_names=list(train_set.class_names))
     run_dir.write_args(args)
 
-    backbone = build_backbone(args.backbone, args.backbone_weights).to(device)
-    if device.type == "cuda":
-        backbone = backbone.to(memory_format=torch.channels_last)
+    backbone = build_backbone(args.backbone, args.backbone_weights).to(device).use_channels_last()
     amp = AmpPolicy(device, args.amp, args.amp_cuda_dtype)
     cls = method_class(args.method)
     ctx = MethodContext(backbone=backbone, num_classes=len(train_set.class_names), num_samples=len(train_set),
@@ -138,7 +131,8 @@ def run(args) -> dict:
 
     spec = backbone.spec
     loader_opts = dict(batch_size=args.batch_size, image_size=args.image_size, mean=spec.mean, std=spec.std,
-                       loader=args.loader, workers=args.workers, seed=args.seed)
+                       loader=args.loader, workers=args.workers, seed=args.seed,
+                       max_bad_fraction=args.max_bad_fraction)
     if args.cache_features:
         train_loader, val_loader, test_loader = _cached_loaders(args, cls, backbone, loader_opts, observed,
                                                                 train_set, val_set, test_set, run_dir)
@@ -188,7 +182,6 @@ def run(args) -> dict:
             progress.update(step, batch["index"].shape[0], stats)
         images_per_s = progress.close()
         train_time = time.perf_counter() - start
-        _bad_image_guard(train_loader, args.max_bad_fraction, epoch)
         scheduler.step()
         metrics = evaluate(method, val_loader, device, args.map_empty_class)
         row = {"epoch": epoch + 1, **{k: float(v) / max(steps, 1) for k, v in sums.items()},

@@ -30,7 +30,7 @@ SPECS = {
 class FrozenBackbone(nn.Module):
     """Parameters frozen and kept in eval mode whatever .train() is called with, as Scob does."""
 
-    def __init__(self, name: str, network: nn.Module):
+    def __init__(self, name: str, network: nn.Module, fold_batchnorm: bool = True):
         super().__init__()
         if name not in SPECS:
             raise ValueError(f"unknown backbone {name!r}; choose from {sorted(SPECS)}")
@@ -40,6 +40,17 @@ class FrozenBackbone(nn.Module):
         for parameter in self.network.parameters():
             parameter.requires_grad_(False)
         self.network.eval()
+        if fold_batchnorm:
+            # Frozen + eval: BN is a per-channel affine map; folding it saves a pass over every
+            # activation (~15% of the backbone's CPU time).
+            self.network.fold_batchnorm()
+        self.channels_last = False
+
+    def use_channels_last(self) -> "FrozenBackbone":
+        """oneDNN (CPU) and cuDNN run these convolutions faster on NHWC tensors."""
+        self.network.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -51,6 +62,8 @@ class FrozenBackbone(nn.Module):
         return self.spec.channels
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.network.features(images)
 
 
@@ -66,7 +79,8 @@ def _load_state(path: str) -> dict:
     return state
 
 
-def build_backbone(name: str, weights: str | None = None, pretrained: bool = True) -> FrozenBackbone:
+def build_backbone(name: str, weights: str | None = None, pretrained: bool = True,
+                   fold_batchnorm: bool = True) -> FrozenBackbone:
     """`weights`: a state-dict file (torchvision's resnet50-*.pth for resnet50). For
     efficientnet_lite0 the packaged ImageNet weights are used when none is given. resnet50 without
     a weights file is refused unless pretrained=False (random init, for tests)."""
@@ -89,4 +103,4 @@ def build_backbone(name: str, weights: str | None = None, pretrained: bool = Tru
             raise ValueError(f"backbone weights {weights} do not fit {name}: "
                              f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                              f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    return FrozenBackbone(name, network)
+    return FrozenBackbone(name, network, fold_batchnorm=fold_batchnorm)

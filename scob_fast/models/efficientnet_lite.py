@@ -27,6 +27,11 @@ class Conv2dSame(nn.Conv2d):
     """Conv2d with TensorFlow 'SAME' padding computed from the input size."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if all(s == 1 for s in self.stride) and all(k % 2 for k in self.kernel_size):
+            # Stride 1 with an odd kernel: SAME is symmetric, so the convolution pads by itself
+            # (no padded copy of the activations).
+            padding = tuple((k - 1) // 2 * d for k, d in zip(self.kernel_size, self.dilation))
+            return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
         pads = []
         for size, kernel, stride, dilation in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
             total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
@@ -39,6 +44,19 @@ class Conv2dSame(nn.Conv2d):
 
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+@torch.no_grad()
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold an eval-mode BatchNorm into the preceding convolution (exact up to rounding): the
+    backbone is frozen, so its BN is an affine map per channel."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    conv.weight.mul_(scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is None:
+        conv.bias = nn.Parameter(bias.clone(), requires_grad=False)
+    else:
+        conv.bias.mul_(scale).add_(bias)
 
 
 class MBConvBlock(nn.Module):
@@ -58,10 +76,18 @@ class MBConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x
         if self.has_expansion:
-            out = F.relu6(self._bn0(self._expand_conv(out)))
-        out = F.relu6(self._bn1(self._depthwise_conv(out)))
+            out = F.relu6(self._bn0(self._expand_conv(out)), inplace=True)
+        out = F.relu6(self._bn1(self._depthwise_conv(out)), inplace=True)
         out = self._bn2(self._project_conv(out))
         return out + x if self.use_residual else out
+
+    def fold_batchnorm(self) -> None:
+        pairs = [("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")]
+        if self.has_expansion:
+            pairs.append(("_expand_conv", "_bn0"))
+        for conv, bn in pairs:
+            fold_batchnorm(getattr(self, conv), getattr(self, bn))
+            setattr(self, bn, nn.Identity())
 
 
 class EfficientNetLite0(nn.Module):
@@ -82,13 +108,21 @@ class EfficientNetLite0(nn.Module):
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(stride-16 features after block 10, 112 ch; stride-32 features after the head conv, 1280 ch)."""
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         low = None
         for index, block in enumerate(self._blocks):
             x = block(x)
             if index == LOW_LEVEL_BLOCK:
                 low = x
         return low, F.relu6(self._bn1(self._conv_head(x)))
+
+    def fold_batchnorm(self) -> None:
+        """Inference-only: fold every BN into its convolution (state_dict names change)."""
+        fold_batchnorm(self._conv_stem, self._bn0)
+        fold_batchnorm(self._conv_head, self._bn1)
+        self._bn0, self._bn1 = nn.Identity(), nn.Identity()
+        for block in self._blocks:
+            block.fold_batchnorm()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         high = self.features(x)[1]

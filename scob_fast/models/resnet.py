@@ -27,6 +27,15 @@ class Bottleneck(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
                                             nn.BatchNorm2d(out_channels))
 
+    def fold_batchnorm(self) -> None:
+        from scob_fast.models.efficientnet_lite import fold_batchnorm
+        for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
+            fold_batchnorm(getattr(self, conv), getattr(self, bn))
+            setattr(self, bn, nn.Identity())
+        if self.downsample is not None:
+            fold_batchnorm(self.downsample[0], self.downsample[1])
+            self.downsample[1] = nn.Identity()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
@@ -54,6 +63,15 @@ class ResNet50(nn.Module):
             setattr(self, f"layer{index}", nn.Sequential(*layers))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(2048, num_classes)
+
+    def fold_batchnorm(self) -> None:
+        """Inference-only: fold every BN into its convolution (state_dict names change)."""
+        from scob_fast.models.efficientnet_lite import fold_batchnorm
+        fold_batchnorm(self.conv1, self.bn1)
+        self.bn1 = nn.Identity()
+        for index in range(1, 5):
+            for block in getattr(self, f"layer{index}"):
+                block.fold_batchnorm()
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
