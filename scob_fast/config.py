@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-features", action="store_true",
                    help="precompute the frozen backbone's features (and their flips) once into --out (fp16 memmap); "
                         "for methods without image-space augmentation")
-    g.add_argument("--max-bad-fraction", type=float, default=0.01,
-                   help="stop when more than this fraction of an epoch's images cannot be read")
+    g.add_argument("--max-bad-fraction", type=float, default=None,
+                   help="stop when more than this fraction of an epoch's images cannot be read "
+                        "(default: SCOB_FAST_MAX_BAD_IMAGE_FRACTION or 0.01)")
 
     g = p.add_argument_group("model")
     g.add_argument("--method", default="scob", choices=sorted(METHODS))

@@ -14,6 +14,7 @@ VARIABLES = {
     "SCOB_FAST_LABEL_CONTRASTIVE_BACKEND": "force the label_contrastive_loss backend",
     "SCOB_FAST_BUILD_CUDA": "setup.py: 1 forces the CUDA sources into the build, 0 skips them (default: auto)",
     "SCOB_FAST_CACHE_DIR": "where generated data (the demo dataset) is cached (default ~/.cache/scob_fast)",
+    "SCOB_FAST_MAX_BAD_IMAGE_FRACTION": "data loaders stop when more than this fraction of an epoch's images fail to load (default 0.01)",
 }
 
 _FALSE = {"0", "false", "no", "off", ""}
@@ -53,3 +54,16 @@ def build_cuda() -> bool | None:
 def cache_dir() -> Path:
     value = _get("SCOB_FAST_CACHE_DIR")
     return Path(value).expanduser() if value else Path.home() / ".cache" / "scob_fast"
+
+
+def max_bad_image_fraction(default: float) -> float:
+    value = _get("SCOB_FAST_MAX_BAD_IMAGE_FRACTION")
+    if not value:
+        return default
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"SCOB_FAST_MAX_BAD_IMAGE_FRACTION={value!r}: expected a number in [0, 1]")
+    return fraction

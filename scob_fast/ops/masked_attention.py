@@ -1,0 +1,275 @@
+"""Class-activation-masked attention: attention over only the keys each sample keeps.
+
+    out = masked_attention(q, k, v, key_keep, scale=None, dropout_p=0.0, seed=0, backend=None)
+
+q, k, v: [B, H, L, D]; key_keep: bool [B, L] (True = attend to that key); out: [B, H, L, D]. Every
+query position gets an output: row i of sample b is softmax over the kept keys of scale * q_i . k_j,
+times v (scale defaults to D ** -0.5). **A sample that keeps no key at all gets zero output and zero
+gradients** (nn.MultiheadAttention with key_padding_mask would give NaN there).
+
+Attention-weight dropout (`dropout_p` > 0, training) drops weight (b, h, i, j) when a hash of its flat
+index and `seed` falls below p (see `dropout_keep_mask`), and scales survivors by 1 / (1 - p): the same
+seed gives the same mask in every backend and in the reference, and the backward recomputes it
+instead of storing an L x L mask.
+
+Backends (priority order; `backend=` or SCOB_FAST_MASKED_ATTENTION_BACKEND / SCOB_FAST_BACKEND force one,
+`scob_fast.ops.last_backend("masked_attention")` says which ran):
+  cpp        C++ CPU kernel (csrc/masked_attention), float32 / bfloat16 / float64, CPU tensors
+  triton     Triton kernel (kernels/masked_attention.py), CUDA tensors (or CPU under TRITON_INTERPRET=1)
+  cuda       CUDA C++ kernel (csrc/masked_attention/*.cu), CUDA builds only
+  reference  pure PyTorch (`masked_attention_reference`), materialises the B x H x L x L weights
+The cpp, cuda and triton backends have their own backward kernels, registered with
+torch.library.register_autograd, and fake kernels for torch.compile.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+
+from scob_fast import _ext
+from scob_fast.ops._dispatch import Backend, Dispatcher
+
+OP_NAME = "masked_attention"
+_FLOAT_TYPES = (torch.float32, torch.bfloat16, torch.float64)
+_MASK32 = 0xFFFFFFFF
+
+
+# --------------------------------------------------------------------------------------------
+# Reference (the definition of the op's semantics)
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    # lowbias32 on uint32 values held in int64; products wrap mod 2^64, whose low 32 bits are exact.
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def dropout_keep_mask(B: int, H: int, L: int, dropout_p: float, seed: int, device=None) -> torch.Tensor:
+    """bool [B, H, L, L]: which attention weights survive dropout for this seed (all backends agree)."""
+    counter = torch.arange(B * H * L * L, dtype=torch.int64, device=device).view(B, H, L, L)
+    bits = _mix32(_mix32(((counter >> 32) + (int(seed) & _MASK32)) & _MASK32) ^ (counter & _MASK32))
+    threshold = min(int(dropout_p * 4294967296.0), _MASK32)
+    return bits >= threshold
+
+
+def masked_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_keep: torch.Tensor,
+                               scale: Optional[float] = None, dropout_p: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """Dense masked softmax in float32 (float64 for float64 inputs); output in the input dtype."""
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    keeps_any = key_keep.any(dim=-1)
+    # A sample that keeps nothing attends everywhere and is then multiplied by 0: zero output and
+    # exactly zero gradients instead of the NaN of a softmax over -inf only.
+    keep = key_keep | ~keeps_any[:, None]
+    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    if dropout_p > 0.0:
+        B, H, L, _ = q.shape
+        weights = weights * dropout_keep_mask(B, H, L, dropout_p, seed, q.device) / (1.0 - dropout_p)
+    out = torch.matmul(weights, v.to(acc)) * keeps_any[:, None, None, None]
+    return out.to(q.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks (errors name the argument)
+
+def _check_inputs(q, k, v, key_keep, dropout_p) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"masked_attention: argument '{name}' must be a Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"masked_attention: argument '{name}' must be 4-D [B, H, L, D], got shape {tuple(t.shape)}")
+        if name != "q" and t.shape != q.shape:
+            raise ValueError(f"masked_attention: argument '{name}' has shape {tuple(t.shape)}, q has {tuple(q.shape)}")
+        if t.device != q.device:
+            raise ValueError(f"masked_attention: argument '{name}' is on {t.device}, q is on {q.device}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"masked_attention: argument '{name}' has dtype {t.dtype}, q has {q.dtype}")
+        if not t.is_floating_point():
+            raise TypeError(f"masked_attention: argument '{name}' must be floating point, got {t.dtype}")
+    if not isinstance(key_keep, torch.Tensor) or key_keep.dtype != torch.bool:
+        got = key_keep.dtype if isinstance(key_keep, torch.Tensor) else type(key_keep).__name__
+        raise TypeError(f"masked_attention: argument 'key_keep' must be a bool tensor, got {got}")
+    B, _, L, _ = q.shape
+    if tuple(key_keep.shape) != (B, L):
+        raise ValueError(f"masked_attention: argument 'key_keep' must have shape [B, L] = [{B}, {L}], "
+                         f"got {tuple(key_keep.shape)}")
+    if key_keep.device != q.device:
+        raise ValueError(f"masked_attention: argument 'key_keep' is on {key_keep.device}, q is on {q.device}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"masked_attention: argument 'dropout_p' must be in [0, 1), got {dropout_p}")
+
+
+def _kernel_ready(t: torch.Tensor) -> torch.Tensor:
+    # The kernels read rows with a unit stride in D and any stride over B, H, L (so the [B, L, H, D]
+    # projections of MaskedMultiheadAttention are used without a copy).
+    if (t.shape[-1] > 1 and t.stride(-1) != 1) or (t.shape[2] > 1 and t.stride(2) < t.shape[3]):
+        return t.contiguous()
+    return t
+
+
+# --------------------------------------------------------------------------------------------
+# C++ ops (CPU, and CUDA in CUDA builds): fake kernels and autograd
+
+def _fake_forward(q, k, v, key_keep, scale, dropout_p, seed):
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    B, H, L, D = q.shape
+    return q.new_empty((B, H, L, D)), q.new_empty((B, H, L), dtype=acc)
+
+
+def _fake_backward(grad_out, q, k, v, key_keep, out, lse, scale, dropout_p, seed):
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key_keep, scale, dropout_p, seed = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, key_keep, out, lse)
+    ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_out, grad_lse):
+        # lse is an auxiliary output saved for the backward; its gradient is ignored.
+        q, k, v, key_keep, out, lse = ctx.saved_tensors
+        grad_out = _kernel_ready(grad_out)
+        dq, dk, dv = backward_op(grad_out, q, k, v, key_keep, out, lse, ctx.scale, ctx.dropout_p, ctx.seed)
+        return dq, dk, dv, None, None, None, None
+    return backward
+
+
+def _cpp_op_registered() -> bool:
+    return _ext.cpp_available() and hasattr(torch.ops.scob_fast, "masked_attention_fwd")
+
+
+# Decided once at import: dispatch then reads plain constants (cheap, and traceable by torch.compile).
+_CPP_OP_REGISTERED = _cpp_op_registered()
+_CUDA_KERNELS = _CPP_OP_REGISTERED and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "scob_fast::masked_attention_fwd", "CUDA")
+
+if _CPP_OP_REGISTERED:
+    torch.library.register_fake("scob_fast::masked_attention_fwd")(_fake_forward)
+    torch.library.register_fake("scob_fast::masked_attention_bwd")(_fake_backward)
+    torch.library.register_autograd("scob_fast::masked_attention_fwd",
+                                    _make_backward(torch.ops.scob_fast.masked_attention_bwd),
+                                    setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# Triton ops (Python custom ops around kernels/masked_attention.py; triton imported on first call)
+
+@torch.library.custom_op("scob_fast::masked_attention_triton_fwd", mutates_args=())
+def _triton_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_keep: torch.Tensor, scale: float,
+                    dropout_p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from scob_fast.kernels import masked_attention as kernels
+    return kernels.forward(q, k, v, key_keep, scale, dropout_p, seed)
+
+
+@torch.library.custom_op("scob_fast::masked_attention_triton_bwd", mutates_args=())
+def _triton_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     key_keep: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, scale: float, dropout_p: float,
+                     seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from scob_fast.kernels import masked_attention as kernels
+    return kernels.backward(grad_out, q, k, v, key_keep, out, lse, scale, dropout_p, seed)
+
+
+torch.library.register_fake("scob_fast::masked_attention_triton_fwd")(_fake_forward)
+torch.library.register_fake("scob_fast::masked_attention_triton_bwd")(_fake_backward)
+torch.library.register_autograd("scob_fast::masked_attention_triton_fwd", _make_backward(_triton_backward),
+                                setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# Backends and dispatch
+
+def _cpp_installed() -> Optional[str]:
+    if _CPP_OP_REGISTERED:
+        return None
+    return _ext.load_error() or "scob_fast._C has no masked_attention kernels (rebuild it)"
+
+
+def _cpp_refuses(q, k, v, key_keep) -> Optional[str]:
+    if q.device.type != "cpu":
+        return f"needs CPU tensors (got {q.device.type})"
+    if q.dtype not in _FLOAT_TYPES:
+        return f"dtype {q.dtype} not supported (float32, bfloat16, float64)"
+    return None
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_installed() -> Optional[str]:
+    try:
+        import importlib.util
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed"
+    except (ImportError, ValueError) as exc:
+        return f"triton is not importable ({exc})"
+    return None
+
+
+def _triton_refuses(q, k, v, key_keep) -> Optional[str]:
+    if q.device.type != "cuda" and not (q.device.type == "cpu" and _triton_interpreting()):
+        return f"needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {q.device.type}"
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return f"dtype {q.dtype} not supported (float32, bfloat16, float16)"
+    if q.shape[-1] > 256:
+        return f"head dim D={q.shape[-1]} > 256"
+    return None
+
+
+def _cuda_installed() -> Optional[str]:
+    if not _CPP_OP_REGISTERED:
+        return _cpp_installed()
+    if not _CUDA_KERNELS:
+        return "scob_fast._C was built without CUDA kernels (CPU torch or SCOB_FAST_BUILD_CUDA=0)"
+    return None
+
+
+def _cuda_refuses(q, k, v, key_keep) -> Optional[str]:
+    if q.device.type != "cuda":
+        return f"needs CUDA tensors (got {q.device.type})"
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return f"dtype {q.dtype} not supported (float32, bfloat16, float16)"
+    if q.shape[-1] > 128:
+        return f"head dim D={q.shape[-1]} > 128"
+    return None
+
+
+DISPATCHER = Dispatcher(OP_NAME, [
+    Backend("cpp", _cpp_refuses, _cpp_installed),
+    Backend("triton", _triton_refuses, _triton_installed),
+    Backend("cuda", _cuda_refuses, _cuda_installed),
+    Backend("reference", lambda *inputs: None),
+])
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_keep: torch.Tensor,
+                     scale: Optional[float] = None, dropout_p: float = 0.0, seed: int = 0,
+                     backend: Optional[str] = None) -> torch.Tensor:
+    """Attention of every query over the keys its sample keeps; see the module docstring."""
+    _check_inputs(q, k, v, key_keep, dropout_p)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"masked_attention: argument 'scale' must be finite, got {scale}")
+    chosen = DISPATCHER.select(backend, q, k, v, key_keep)
+    if chosen == "reference":
+        return masked_attention_reference(q, k, v, key_keep, scale, dropout_p, seed)
+    q, k, v = _kernel_ready(q), _kernel_ready(k), _kernel_ready(v)
+    dropout_p, seed = float(dropout_p), int(seed) & _MASK32
+    if chosen == "triton":
+        out, _ = torch.ops.scob_fast.masked_attention_triton_fwd(q, k, v, key_keep, scale, dropout_p, seed)
+    else:  # cpp and cuda are the same op, dispatched on the tensors' device
+        out, _ = torch.ops.scob_fast.masked_attention_fwd(q, k, v, key_keep, scale, dropout_p, seed)
+    return out
+
+
+__all__ = ["DISPATCHER", "masked_attention", "masked_attention_reference", "dropout_keep_mask"]
