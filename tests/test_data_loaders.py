@@ -154,7 +154,7 @@ def _bad_dataset(root):
     # only a decoder finds out (for DALI this is the rebuild-and-retry path)
     path = ds.image_paths[10]
     data = bytearray(open(path, "rb").read())
-    data[2:400] = b"\x00" * 398
+    data[20:400] = b"\x00" * 380
     open(path, "wb").write(bytes(data))
     return ds, {1, 4, 6, 9, 10}
 
@@ -172,6 +172,8 @@ def test_bad_images_are_skipped_and_counted(tmp_path, kind):
         assert {p for p, _ in loader.skipped_files} == {ds.image_paths[i] for i in bad}
         assert f"{len(bad)} image(s) skipped" in loader.summary()
         np.testing.assert_array_equal(got["labels"].numpy(), ds.labels[got["index"].numpy()])
+    if kind == "dali":
+        assert loader.rebuilds == 2, "image 10 is only found by the decoder: one rebuild per epoch"
 
 
 @pytest.mark.parametrize("kind", LOADERS)
@@ -213,3 +215,14 @@ def test_bad_arguments(mixed):
             build_loader(mixed, obs, **{**base, key: value})
     with pytest.raises(ValueError, match="only -1, 0 and 1"):
         build_loader(mixed, obs * 3, **base)
+
+
+@pytest.mark.parametrize("kind", LOADERS)
+def test_abandoned_epoch_then_full_epoch(mixed, kind):
+    loader = _loader(mixed, kind, train=True, batch_size=4)
+    for _ in loader:
+        break  # e.g. a smoke run that stops after one step
+    loader.set_epoch(1)
+    got, _ = _collect(loader)
+    assert sorted(got["index"].tolist()) == list(range(16))
+    assert got["index"].tolist() == epoch_order(16, 0, 1, True).tolist()

@@ -120,6 +120,13 @@ Params<acc_t> make_params(const Prepared& p, double temperature, double logit_sh
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Workers that can be busy at once (for_each_block never starts more than there are blocks), so
+// that small calls do not allocate a tile per idle thread.
+template <class Ops>
+int64_t num_workers(int64_t n) {
+  return std::max<int64_t>(1, std::min(Ops::num_workers(), ceil_div(n, Ops::kTileN)));
+}
+
 // A worker's tile buffer seen as a contiguous [bn, bm] matrix (GEMM output, then epilogue in place).
 inline Tensor tile_view(const Tensor& tiles, int64_t worker, int64_t bn, int64_t bm) {
   return tiles[worker].narrow(0, 0, bn * bm).view({bn, bm});
@@ -152,7 +159,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_driver(
     state.narrow(0, 1, 3).zero_();
   }
 
-  const int64_t workers = Ops::num_workers();
+  const int64_t workers = num_workers<Ops>(n);
   Tensor tiles = at::empty({workers, std::min(Ops::kTileN, n) * std::min(Ops::kTileM, m)}, opts);
   AT_DISPATCH_FLOATING_TYPES(p.a.scalar_type(), "label_contrastive_fwd", [&] {
     const auto params = make_params<scalar_t>(p, temperature, logit_shift, logit_form, label_positives, exclude_self);
@@ -198,7 +205,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_driver(
   // Excluded anchors (count 0) get no gradient whatever flows into their (zero) loss.
   const Tensor grad = grad_loss.to(opts.dtype()).masked_fill(count_acc.eq(0), 0.0).contiguous();
 
-  const int64_t workers = Ops::num_workers();
+  const int64_t workers = num_workers<Ops>(n);
   Tensor grad_a = need_anchors ? at::zeros({n, d}, opts) : at::empty({0}, anchors.options());
   // One candidate-gradient accumulator per worker: every anchor block touches every candidate row.
   Tensor grad_c_parts = need_candidates ? at::zeros({workers, m, d}, opts) : Tensor();

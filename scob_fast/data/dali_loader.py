@@ -191,7 +191,7 @@ class DaliLoader(LoaderBase):
             self._new_pipeline()
         elif self._needs_reset:
             self._pipe.reset()
-        self._needs_reset = True
+            self._needs_reset = False
         image_dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
         finished = False
         try:
@@ -200,6 +200,7 @@ class DaliLoader(LoaderBase):
                     outputs = self._pipe.run()
                 except StopIteration:
                     finished = True
+                    self._needs_reset = True  # DALI wants reset() before the next epoch
                     return
                 except DataLoadError:
                     raise

@@ -259,16 +259,18 @@ def read_list_format(root, dataset: str, official_split: str, image_dir: str | N
         if not path.is_file():
             raise DatasetError(dataset, path, f"file is missing (expected layout: {LIST_LAYOUT})")
     images_path, labels_path = found
+    npy = images_path.suffix == ".npy"
     try:
-        if images_path.suffix == ".npy":
+        if npy:
             rel = [str(p) for p in np.load(images_path, allow_pickle=False).tolist()]
-            labels = np.load(labels_path, allow_pickle=False)
         else:
             rel = [line.strip() for line in images_path.read_text().splitlines() if line.strip()]
-            labels = np.loadtxt(labels_path, dtype=np.float64, ndmin=2)
     except (OSError, ValueError) as exc:
-        raise DatasetError(dataset, labels_path if "label" in str(exc) else images_path,
-                           f"unreadable list file ({type(exc).__name__}: {exc})") from None
+        raise DatasetError(dataset, images_path, f"unreadable image list ({type(exc).__name__}: {exc})") from None
+    try:
+        labels = np.load(labels_path, allow_pickle=False) if npy else np.loadtxt(labels_path, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(dataset, labels_path, f"unreadable label matrix ({type(exc).__name__}: {exc})") from None
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[0] != len(rel):
         raise DatasetError(dataset, labels_path, f"label matrix has shape {labels.shape}, expected "

@@ -10,7 +10,6 @@ Both loaders (DALI and PIL) share this module's epoch order, bad-image accountin
 """
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -165,7 +164,3 @@ def build_loader(dataset: MultiLabelDataset, observed, *, batch_size: int, image
         raise ValueError(f"device={device!r}: the PIL loader returns CPU tensors (move them in the trainer)")
     from .pil_loader import PilLoader
     return PilLoader(dataset, observed, **kwargs)
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
