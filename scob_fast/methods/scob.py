@@ -2,12 +2,14 @@
 
 Two engines run the same mathematics:
 - `reference`: the published per-iteration procedure, pass for pass: the frozen backbone runs four
-  times (supervised pass, Grad-CAM++, momentum pass, hard view), the reference attention and
-  contrastive ops, a one-image-at-a-time prototype bank and a double-loop class correlation.
-- `fast`: the backbone runs once on the clean image (its features are reused by the supervised
-  pass, the CAM and the momentum pass) and once on the hard view; Grad-CAM++ needs only the
-  high-level head (the low-level head does not depend on the high-level features, so it adds a
-  constant to the logit); the fast attention/contrastive kernels; a vectorised bank and correlation.
+  times (supervised pass, Grad-CAM++ with its backward down to the image as the hook library does
+  it, momentum pass, hard view), the reference attention and contrastive ops, a one-image-at-a-time
+  prototype bank and a double-loop class correlation.
+- `fast`: one backbone call on the clean and hard views together (the clean features are reused by
+  the supervised pass, the CAM and the momentum pass); Grad-CAM++ needs only the high-level head
+  (the low-level head does not depend on the high-level features, so it adds a constant to the
+  logit) and no backward through the backbone; the fast attention/contrastive kernels; a
+  vectorised bank and correlation.
 """
 from __future__ import annotations
 
@@ -124,26 +126,42 @@ class Scob(Method):
         amp.step(loss, optimizer)
         return logits.detach().float(), loss.detach()
 
-    def _cam_masks(self, f_low, f_high, classes):
-        """Keep masks for the two token grids from Grad-CAM++ of `classes` on the high level."""
+    def _masks_from_gradients(self, f_high, gradients, low_grid):
+        cam = grad_cam_plus_plus(f_high.detach(), gradients)
+        grids = [tuple(low_grid), tuple(f_high.shape[-2:])]
+        return cam_keep_masks(cam, self.ctx.image_size, grids, self.ctx.args.cam_threshold)
+
+    def _cam_masks_reference(self, images, classes):
+        """Grad-CAM++ the way the public code gets it from its hook library: the whole model in
+        eval mode on an image that requires grad, so the backward runs through the frozen backbone
+        down to the pixels (only d logit / d layer4 is used)."""
+        images = images.detach().clone().requires_grad_(True)
+        self.net.eval()
+        try:
+            with torch.enable_grad():
+                with self.ctx.amp.autocast():
+                    f_low, f_high = self.backbone(images)
+                    logits = self.net(f_low, f_high)
+                score = logits.float().gather(1, classes[:, None]).sum()
+                gradients, _ = torch.autograd.grad(score, [f_high, images])
+        finally:
+            self.net.train()
+        return self._masks_from_gradients(f_high, gradients, f_low.shape[-2:])
+
+    def _cam_masks_fast(self, f_low, f_high, classes):
+        """Grad-CAM++ from the cached clean features: d logit / d f_high only flows through the
+        high-level head (the low head does not see f_high), so score that part alone."""
         f_high = f_high.detach().float().requires_grad_(True)
         self.net.eval()
         try:
             with torch.enable_grad():
-                if self.engine == "reference":
-                    logits = self.net(f_low.detach().float(), f_high)
-                else:
-                    # d logit / d f_high only flows through the high head: score that part alone.
-                    half = self.net.classifier.in_features // 2
-                    h_high = self.net.head_high(f_high)
-                    logits = h_high @ self.net.classifier.weight[:, half:].t()
-                score = logits.gather(1, classes[:, None]).sum()
+                half = self.net.classifier.in_features // 2
+                h_high = self.net.head_high(f_high)
+                score = (h_high * self.net.classifier.weight[classes, half:]).sum()
                 gradients, = torch.autograd.grad(score, f_high)
         finally:
             self.net.train()
-        cam = grad_cam_plus_plus(f_high.detach(), gradients)
-        grids = [tuple(f_low.shape[-2:]), tuple(f_high.shape[-2:])]
-        return cam_keep_masks(cam, self.ctx.image_size, grids, self.ctx.args.cam_threshold)
+        return self._masks_from_gradients(f_high, gradients, f_low.shape[-2:])
 
     def _contrastive(self, z, zk, classes, optimizer):
         a = self.ctx.args
@@ -159,19 +177,26 @@ class Scob(Method):
         images, hard = batch["image"], batch["image_hard"]
         reference = self.engine == "reference"
         with timer("backbone"), torch.no_grad(), amp.autocast():
-            f_low, f_high = self.backbone(images)
+            if reference:
+                f_low, f_high = self.backbone(images)
+            else:
+                # One backbone call for both views: the clean half serves the supervised pass, the
+                # CAM and the momentum key; the hard half the contrastive query.
+                both_low, both_high = self.backbone(torch.cat([images, hard]))
+                f_low, h_low = both_low.chunk(2)
+                f_high, h_high = both_high.chunk(2)
         # 1. supervised pass against the label estimator
         with timer("supervised"):
             logits, loss_sup = self._supervised(f_low, f_high, batch, optimizer)
             probabilities = torch.sigmoid(logits)
             classes = target_classes(batch["observed"], probabilities)
-        # 2. CAM keep masks (the reference recomputes the clean features, as published)
-        if reference:
-            with timer("backbone"), torch.no_grad(), amp.autocast():
-                f_low, f_high = self.backbone(images)
+        # 2. CAM keep masks
         with timer("cam"):
-            keep_low, keep_high = self._cam_masks(f_low, f_high, classes)
-        # 3. momentum key on the clean image with the masks
+            if reference:
+                keep_low, keep_high = self._cam_masks_reference(images, classes)
+            else:
+                keep_low, keep_high = self._cam_masks_fast(f_low, f_high, classes)
+        # 3. momentum key on the clean image with the masks (the reference recomputes the features)
         if reference:
             with timer("backbone"), torch.no_grad(), amp.autocast():
                 f_low, f_high = self.backbone(images)
@@ -181,8 +206,9 @@ class Scob(Method):
             with amp.autocast():
                 zk = self.net.embed_momentum(f_low, f_high, keep_low, keep_high).float()
         # 4. hard-augmented view through the masked heads and the projector
-        with timer("backbone"), torch.no_grad(), amp.autocast():
-            h_low, h_high = self.backbone(hard)
+        if reference:
+            with timer("backbone"), torch.no_grad(), amp.autocast():
+                h_low, h_high = self.backbone(hard)
         stats = {"loss_sup": loss_sup}
         # 5. contrastive step, only when both levels keep something
         with timer("contrastive"):
