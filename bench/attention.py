@@ -9,7 +9,8 @@ Methods (float32, CPU):
   sdpa_mask     F.scaled_dot_product_attention with the same boolean key mask
   gather_sdpa   the smart pure-PyTorch peer: gather each sample's kept keys (padded to the batch's
                 largest count, padding masked) and call SDPA on them
-Rows: pass ("fwd" without autograd, "fwd+bwd" with the three input gradients), median_ms,
+Methods take turns call by call (this machine is shared; a burst of outside load then hits all of
+them alike). Rows: pass ("fwd" without autograd, "fwd+bwd" with the three input gradients), median_ms,
 peak_mem_mb (fwd+bwd rows: peak of torch-allocated bytes during the call, inputs excluded),
 speedup (reference time / this time) and vs_sdpa (sdpa_mask time / this time).
 Writes bench/results/attention.json.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 
 import torch
@@ -64,22 +66,33 @@ def make_inputs(B, H, L, D, keep_fraction, seed=0):
 def bench_config(B, H, L, D, keep_fraction, repeats, methods):
     q, k, v, keep, grad = make_inputs(B, H, L, D, keep_fraction)
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
-    rows = []
+    calls = {}
     for name in methods:
         fn = METHODS[name]
 
-        def forward():
+        def forward(fn=fn):
             with torch.no_grad():
                 fn(q, k, v, keep)
 
-        def forward_backward():
+        def forward_backward(fn=fn):
             torch.autograd.grad(fn(qg, kg, vg, keep), (qg, kg, vg), grad)
 
-        for pass_name, call in (("fwd", forward), ("fwd+bwd", forward_backward)):
-            t = median_time_s(call, repeats=repeats, warmup=1)
-            peak = peak_memory_bytes(call)
+        calls[name] = {"fwd": forward, "fwd+bwd": forward_backward}
+    rows = []
+    for pass_name in ("fwd", "fwd+bwd"):
+        # Methods take turns call by call, so a burst of load from other processes on this shared
+        # machine hits them all alike instead of whichever happened to be running.
+        samples = {name: [] for name in methods}
+        for name in methods:
+            calls[name][pass_name]()  # warm-up
+        for _ in range(repeats):
+            for name in methods:
+                samples[name].append(median_time_s(calls[name][pass_name], repeats=1, warmup=0))
+        for name in methods:
+            peak = peak_memory_bytes(calls[name][pass_name])
             rows.append(dict(B=B, H=H, L=L, D=D, keep=keep_fraction, kept_max=int(keep.sum(1).max()),
-                             pass_=pass_name, backend=name, median_ms=t * 1e3, peak_mem_mb=peak / 2 ** 20))
+                             pass_=pass_name, backend=name, median_ms=statistics.median(samples[name]) * 1e3,
+                             peak_mem_mb=peak / 2 ** 20))
     for row in rows:
         same = {r["backend"]: r["median_ms"] for r in rows if r["pass_"] == row["pass_"]}
         row["speedup"] = same["reference"] / row["median_ms"] if "reference" in same else None

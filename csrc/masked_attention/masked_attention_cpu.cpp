@@ -153,6 +153,33 @@ inline float exp_nonpositive(float x) {
 
 inline double exp_nonpositive(double x) { return std::exp(x); }
 
+// Row maximum through integer keys that order like the floats (sign-magnitude -> two's complement):
+// GCC does not vectorise a float max reduction without -ffinite-math-only, but does an int one.
+inline int32_t float_order_key(float x) {
+  int32_t b;
+  std::memcpy(&b, &x, sizeof(b));
+  return b ^ ((b >> 31) & 0x7fffffff);
+}
+
+inline float row_max(const float* s, int64_t n) {
+  int32_t key = std::numeric_limits<int32_t>::min();
+#pragma omp simd reduction(max : key)
+  for (int64_t j = 0; j < n; ++j) {
+    const int32_t k = float_order_key(s[j]);
+    key = k > key ? k : key;
+  }
+  const int32_t b = key ^ ((key >> 31) & 0x7fffffff);
+  float m;
+  std::memcpy(&m, &b, sizeof(m));
+  return m;
+}
+
+inline double row_max(const double* s, int64_t n) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
+  return m;
+}
+
 struct Dropout {
   bool on = false;
   uint32_t threshold = 0;
@@ -168,9 +195,7 @@ inline void softmax_rows_impl(acc_t* S, int64_t rows, int64_t n, int64_t ld, acc
                               const Dropout& drop, uint64_t counter0, int64_t L, const int32_t* key_index) {
   for (int64_t i = 0; i < rows; ++i) {
     acc_t* s = S + i * ld;
-    acc_t m = -std::numeric_limits<acc_t>::infinity();
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
+    const acc_t m = row_max(s, n);
     acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < n; ++j) {
