@@ -14,7 +14,7 @@ COLUMNS = {
     "attention": ["B", "L", "keep", "pass", "backend", "median_ms", "peak_mem_mb", "speedup", "vs_sdpa"],
     "contrastive": ["N", "D", "pass", "backend", "median_ms", "peak_mem_mb", "speedup"],
     "pipeline": ["workers", "backend", "median_ms", "images_per_s", "peak_mem_mb", "speedup"],
-    "train_step": ["engine", "amp", "image_size", "batch_size", "images_per_s", "speedup"],
+    "train_step": ["engine", "amp", "image_size", "batch_size", "images_per_s", "speedup", "vs_sdpa_procedure"],
 }
 
 

@@ -344,3 +344,12 @@ def test_encoder_training_dropout_same_for_cpp_and_reference():
     _assert_close("train-mode cpp vs reference", outs[0], outs[1], 2e-5, 2e-5)
     torch.manual_seed(4)
     assert not torch.allclose(enc(x, keep), outs[0])  # a new seed draws a new dropout pattern
+
+
+@pytest.mark.parametrize("keep_fraction", KEEP_FRACTIONS)
+@pytest.mark.parametrize("B, H, L, D", [(1, 1, 1, 32), (3, 8, 17, 64), (3, 2, 196, 32)])
+def test_sdpa_backend_matches_reference_and_is_never_automatic(B, H, L, D, keep_fraction):
+    _check_backend("sdpa", B, H, L, D, keep_fraction, torch.float32)
+    q, k, v, keep, _ = _inputs(1, 1, 5, 32, 0.5, torch.float32, seed=0)
+    masked_attention(q, k, v, keep, backend=None)
+    assert last_backend("masked_attention") != "sdpa"

@@ -18,6 +18,10 @@ Backends (priority order; `backend=` or SCOB_FAST_MASKED_ATTENTION_BACKEND / SCO
   triton     Triton kernel (kernels/masked_attention.py), CUDA tensors (or CPU under TRITON_INTERPRET=1)
   cuda       CUDA C++ kernel (csrc/masked_attention/*.cu), CUDA builds only
   reference  pure PyTorch (`masked_attention_reference`), materialises the B x H x L x L weights
+  sdpa       torch's scaled_dot_product_attention with the boolean mask (what nn.MultiheadAttention
+             with key_padding_mask runs), all-masked samples zeroed; never chosen automatically:
+             its dropout is torch's own (same distribution, not the seeded pattern of the others).
+             It is the attention of the "reference procedure + SDPA" row of bench/train_step.py.
 The cpp, cuda and triton backends have their own backward kernels, registered with
 torch.library.register_autograd, and fake kernels for torch.compile.
 """
@@ -244,11 +248,20 @@ def _cuda_refuses(q, k, v, key_keep) -> Optional[str]:
     return None
 
 
+def masked_attention_sdpa(q, k, v, key_keep, scale: float, dropout_p: float = 0.0) -> torch.Tensor:
+    kept_any = key_keep.any(dim=1)[:, None, None, None]
+    # A sample without any kept key attends everywhere (no NaN) and is then zeroed, output and gradient.
+    mask = key_keep[:, None, None, :] | ~kept_any
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return out * kept_any.to(out.dtype)
+
+
 DISPATCHER = Dispatcher(OP_NAME, [
     Backend("cpp", _cpp_refuses, _cpp_installed),
     Backend("triton", _triton_refuses, _triton_installed),
     Backend("cuda", _cuda_refuses, _cuda_installed),
     Backend("reference", lambda *inputs: None),
+    Backend("sdpa", lambda *inputs: None),   # after reference: only when forced
 ])
 
 
@@ -263,6 +276,8 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_keep
     chosen = DISPATCHER.select(backend, q, k, v, key_keep)
     if chosen == "reference":
         return masked_attention_reference(q, k, v, key_keep, scale, dropout_p, seed)
+    if chosen == "sdpa":
+        return masked_attention_sdpa(q, k, v, key_keep, scale, dropout_p)
     q, k, v = _kernel_ready(q), _kernel_ready(k), _kernel_ready(v)
     dropout_p, seed = float(dropout_p), int(seed) & _MASK32
     if chosen == "triton":
@@ -272,4 +287,5 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_keep
     return out
 
 
-__all__ = ["DISPATCHER", "masked_attention", "masked_attention_reference", "dropout_keep_mask"]
+__all__ = ["DISPATCHER", "masked_attention", "masked_attention_reference", "masked_attention_sdpa",
+           "dropout_keep_mask"]
