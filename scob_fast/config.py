@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-features", action="store_true",
                    help="precompute the frozen backbone's features (and their flips) once into --out (fp16 memmap); "
                         "for methods without image-space augmentation")
+    g.add_argument("--cache-dir", default=None,
+                   help="where --cache-features keeps its files (default <out>/feature_cache); runs on the same "
+                        "data, backbone and resolution can share one (each split's key is checked)")
     g.add_argument("--max-bad-fraction", type=float, default=None,
                    help="stop when more than this fraction of an epoch's images cannot be read "
                         "(default: SCOB_FAST_MAX_BAD_IMAGE_FRACTION or 0.01)")
@@ -70,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--amp", action="store_true", help="bfloat16 autocast on CPU; float16+GradScaler on CUDA")
     g.add_argument("--amp-cuda-dtype", choices=["float16", "bfloat16"], default="float16")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the trainable heads in place (first steps are slow while it compiles)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
     g = p.add_argument_group("run")

@@ -76,6 +76,17 @@ class RunDirectory:
             handle.write(json.dumps(row) + "\n")
 
 
+def compile_heads(method) -> int:
+    """torch.compile every transformer head of the method in place (Module.compile keeps the
+    parameter names, so checkpoints are unchanged); the custom ops have fake kernels for tracing."""
+    from scob_fast.models.scob_net import MidHead
+    heads = [m for m in method.modules() if isinstance(m, MidHead)]
+    for head in heads:
+        head.compile(dynamic=False)
+    log.info("--compile: %d heads compiled lazily on first use", len(heads))
+    return len(heads)
+
+
 def _no_observed(dataset) -> np.ndarray:
     return np.zeros(dataset.labels.shape, dtype=np.int8)
 
@@ -90,7 +101,8 @@ def _cached_loaders(args, cls, backbone, loader_opts, observed, train_set, val_s
                "backbone": args.backbone, "weights": str(args.backbone_weights), "image_size": args.image_size}
         source = build_loader(dataset, _no_observed(dataset), train=False, hard_view=False, **loader_opts)
         log.info("feature cache: %s split (%d images, flips=%s)", split, len(dataset), flips)
-        cache = FeatureCache.build(run_dir.path / "feature_cache" / split, backbone, source, len(dataset), flips, key)
+        cache_root = Path(args.cache_dir) if args.cache_dir else run_dir.path / "feature_cache"
+        cache = FeatureCache.build(cache_root / split, backbone, source, len(dataset), flips, key)
         loaders.append(CachedFeatureLoader(cache, dataset.labels, observed if split == "train" else None,
                                            args.batch_size, train=split == "train", seed=args.seed))
     return loaders
@@ -128,6 +140,8 @@ def run(args) -> dict:
     method = cls(ctx).to(device)
     if hasattr(method, "_to"):
         method._to(device)
+    if args.compile:
+        compile_heads(method)
 
     spec = backbone.spec
     loader_opts = dict(batch_size=args.batch_size, image_size=args.image_size, mean=spec.mean, std=spec.std,
