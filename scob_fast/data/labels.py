@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from scob_fast.atomic_file import atomic_write
 
 DEFAULT_SEEDS = {"full": 0, "single": 1200, "partial": 0}
 OBSERVED_FILE = "observed_labels.npz"
@@ -81,18 +82,8 @@ def save_observed(path: os.PathLike | str, observed: np.ndarray, **meta) -> Path
     observed = np.asarray(observed)
     if observed.ndim != 2 or observed.dtype != np.int8:
         raise ValueError(f"observed must be an int8 [N, C] matrix, got {observed.dtype} {observed.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, observed=observed, meta=np.array(json.dumps(meta, sort_keys=True)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    meta_json = np.array(json.dumps(meta, sort_keys=True))
+    atomic_write(path, lambda handle: np.savez(handle, observed=observed, meta=meta_json))
     return path
 
 
