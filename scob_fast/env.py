@@ -13,6 +13,7 @@ VARIABLES = {
     "SCOB_FAST_MASKED_ATTENTION_BACKEND": "force the masked_attention backend",
     "SCOB_FAST_LABEL_CONTRASTIVE_BACKEND": "force the label_contrastive_loss backend",
     "SCOB_FAST_BUILD_CUDA": "setup.py: 1 forces the CUDA sources into the build, 0 skips them (default: auto)",
+    "SCOB_FAST_TORCH_PIP_ARGS": "scripts/setup.sh: extra pip arguments for the torch install (e.g. a CPU wheel index)",
     "SCOB_FAST_CACHE_DIR": "where generated data (the demo dataset) is cached (default ~/.cache/scob_fast)",
     "SCOB_FAST_MAX_BAD_IMAGE_FRACTION": "data loaders stop when more than this fraction of an epoch's images fail to load (default 0.01)",
 }

@@ -114,8 +114,8 @@ class CachedFeatureLoader:
         order = epoch_order(n, self.seed, self.epoch, self.train)
         flips = np.random.default_rng([self.seed, self.epoch, 7]).random(n) < 0.5
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = np.sort(order[start:start + self.batch_size]) if not self.train else order[start:start + self.batch_size]
-            view = (flips[index] & (self.cache.views > 1)).astype(np.int64) if self.train else np.zeros(len(index), np.int64)
+            index = order[start:start + self.batch_size]
+            view = (flips[index] & self.train & (self.cache.views > 1)).astype(np.int64)
             yield {
                 "features_low": torch.from_numpy(np.asarray(self.cache.low[index, view], dtype=np.float32)),
                 "features_high": torch.from_numpy(np.asarray(self.cache.high[index, view], dtype=np.float32)),

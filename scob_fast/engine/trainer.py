@@ -138,8 +138,7 @@ def run(args) -> dict:
                         observed=torch.from_numpy(observed), args=args, device=device, amp=amp,
                         image_size=args.image_size)
     method = cls(ctx).to(device)
-    if hasattr(method, "_to"):
-        method._to(device)
+    method.move_state_to(device)
     if args.compile:
         compile_heads(method)
 

@@ -75,6 +75,9 @@ class Method(nn.Module):
             return self.predict_from_features(batch["features_low"], batch["features_high"])
         return self.predict_logits(batch["image"])
 
+    def move_state_to(self, device: torch.device) -> None:
+        """Move state that is not a parameter or buffer (e.g. a prototype bank) to `device`."""
+
     def extra_state(self) -> dict:
         return {}
 

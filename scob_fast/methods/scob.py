@@ -98,7 +98,7 @@ class Scob(Method):
         self.engine = engine
         self.net.set_attention_backend("reference" if engine == "reference" else None)
 
-    def _to(self, device):
+    def move_state_to(self, device: torch.device) -> None:
         self.bank = PrototypeBank(self.bank.num_classes, self.bank.capacity, self.bank.dim, device=device)
 
     def param_groups(self) -> list[dict]:
