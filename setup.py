@@ -87,10 +87,9 @@ setup(
     version="0.1.0",
     description="Fast trainer for single-positive / partial / full-label multi-label recognition (Scob, SST, SADCL)",
     python_requires=">=3.10",
-    packages=find_packages(include=["scob_fast", "scob_fast.*"]) + ["scob_fast.kernels"],
-    # The Triton bodies live in the top-level kernels/ folder; installed they become scob_fast.kernels
-    # (a top-level `kernels` package would collide with another PyPI project).
-    package_dir={"scob_fast.kernels": "kernels"},
+    # Only scob_fast and its subpackages (the Triton bodies are scob_fast.kernels): never bench/ or
+    # tests/, nor a top-level `kernels` that would collide with another PyPI project.
+    packages=find_packages(include=["scob_fast", "scob_fast.*"]),
     install_requires=[
         "torch==2.13.0",
         "triton>=3.7.1,<3.10",

@@ -24,7 +24,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import print_table, write_results  # noqa: E402
-from scob_fast.data import IMAGENET_MEAN, IMAGENET_STD, MultiLabelDataset, build_loader, observe_labels  # noqa: E402
+from scob_fast.data import MultiLabelDataset, build_loader, observe_labels  # noqa: E402
+from scob_fast.models.backbone import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def make_images(directory: Path, count: int, width: int = 640, height: int = 480) -> list[str]:

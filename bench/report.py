@@ -1,6 +1,6 @@
 """Render bench/results/*.json as the markdown tables quoted in the README.
 
-    python bench/report.py [attention contrastive pipeline train_step]
+    python bench/report.py [masked_attention label_contrastive pipeline train_step]
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 COLUMNS = {
-    "attention": ["B", "L", "keep", "pass", "backend", "median_ms", "peak_mem_mb", "speedup", "vs_sdpa"],
-    "contrastive": ["n", "d", "pass", "backend", "median_ms", "peak_mem_mb", "speedup"],
+    "masked_attention": ["B", "L", "keep", "pass", "backend", "median_ms", "peak_mem_mb", "speedup", "vs_sdpa"],
+    "label_contrastive": ["n", "d", "pass", "backend", "median_ms", "peak_mem_mb", "speedup"],
     "pipeline": ["workers", "backend", "median_ms", "images_per_s", "peak_mem_mb", "speedup"],
     "train_step": ["engine", "amp", "image_size", "batch_size", "images_per_s", "speedup", "vs_sdpa_procedure"],
 }
@@ -43,7 +43,7 @@ def attention_pivot(data: dict) -> str:
 
 def table(name: str) -> str:
     data = json.loads((RESULTS / f"{name}.json").read_text())
-    if name == "attention":
+    if name == "masked_attention":
         env = data.get("environment", {})
         return attention_pivot(data) + f"\n\n_{name}: {env.get('date', '?')}, {env.get('cpu_count', '?')} CPUs_"
     rows = data["results"]

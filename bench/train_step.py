@@ -24,19 +24,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._common import print_table, write_results  # noqa: E402
 from scob_fast.engine.amp import AmpPolicy  # noqa: E402
-from scob_fast.methods.base import MethodContext  # noqa: E402
-from scob_fast.methods.scob import Scob  # noqa: E402
+from scob_fast.methods.base import HeadOptions, LearningRates, MethodContext  # noqa: E402
+from scob_fast.methods.scob import Scob, ScobConfig  # noqa: E402
 from scob_fast.models.backbone import build_backbone  # noqa: E402
 
 
 def make_method(engine, backbone, observed, args, amp):
-    ns = argparse.Namespace(engine=engine, dim=args.dim, ffn=args.ffn, dropout=0.1, seed=0, bank_size=2,
-                            lambda_cl=0.1, temperature=1.0, ema_alpha=0.999, published_ema=False,
-                            cam_threshold=0.5, soft_correlation=False, expected_positives=2.5,
-                            lr_linear=1e-3, lr_transformer=4e-5, lr_projector=1e-2, lr_classifier=1e-3,
-                            lr_estimator=1e-2)
+    # The published defaults (ScobConfig's, LearningRates') with the benchmark's head width.
     ctx = MethodContext(backbone=backbone, num_classes=args.classes, num_samples=args.samples, observed=observed,
-                        args=ns, device=torch.device("cpu"), amp=AmpPolicy("cpu", amp), image_size=args.image_size)
+                        config=ScobConfig(engine=engine), device=torch.device("cpu"), amp=AmpPolicy("cpu", amp),
+                        image_size=args.image_size, heads=HeadOptions(dim=args.dim, ffn=args.ffn, dropout=0.1),
+                        lr=LearningRates(), expected_positives=2.5, seed=0)
     torch.manual_seed(0)
     return Scob(ctx)
 

@@ -1,99 +1,178 @@
-"""The command line: one parser with groups, per-dataset defaults, and a YAML config that can set any flag."""
+"""The run's typed configuration and the command line generated from it.
+
+Four option groups (data, model, optimisation, run) plus the chosen method's own dataclass
+(`Method.config_class`). Flags, YAML keys (`--config`), args.yaml and checkpoints all use the same
+flat names (`lr_linear`, `sst_threshold`, ...). Fields whose default is None take the dataset's
+default (scob_fast.data.registry), then the generic one.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import yaml
 
-from scob_fast.methods import METHODS, method_class
+from scob_fast.cli_options import add_options, flat_options, option, option_names, options_from
+from scob_fast.data.images import DEFAULT_MAX_PIXELS
+from scob_fast.data.labels import parse_regime
+from scob_fast.data.protocols import PROTOCOL_NAMES
+from scob_fast.data.registry import GENERIC_DEFAULTS, dataset_names, dataset_spec
+from scob_fast.methods import METHODS, config_classes, method_class
+from scob_fast.methods.base import HeadOptions, LearningRates
+from scob_fast.reporting.options import ReportOptions
 
-# Per-dataset defaults for flags left unset. Real datasets keep the published full-size setting
-# (448 px, d = 1024, FFN 2048, 20 epochs, batch 8); the embedded demo is sized to finish in minutes
-# on 2 CPU cores.
-DATASET_DEFAULTS = {
-    # k = 2.25: the measured mean number of classes per generated demo image.
-    "demo": dict(image_size=128, dim=256, ffn=512, epochs=3, batch_size=16, expected_positives=2.25,
-                 lr_step=16, workers=2),
-    "coco2014": dict(expected_positives=3.9),
-    "voc2007": dict(expected_positives=1.5),
-    "voc2012": dict(expected_positives=1.5),
-    "nuswide": dict(expected_positives=1.9),
-    "cub": dict(expected_positives=31.4),
-    "folder": dict(expected_positives=2.0),
-}
-GENERIC_DEFAULTS = dict(image_size=448, dim=1024, ffn=2048, epochs=20, batch_size=8, expected_positives=2.0,
-                        lr_step=16, workers=2)
+
+@dataclass
+class DataOptions:
+    dataset: str = option("demo", "dataset name", choices=tuple(dataset_names()))
+    data_root: str | None = option(None, "dataset directory in its official layout (demo: generated cache)")
+    labels: str | None = option(None, "label regime: full, single, partial:P (default: the method's own regime)")
+    demo_images: int = option(2000, "demo only: generated train2014 images (val2014 gets 30%% as many)")
+    label_seed: int | None = option(None, "seed of the observed-label draw (default: the protocol's own: cole 1200, "
+                                    "scob 114514; partial:P 0)")
+    protocol: str = option("cole", "evaluation protocol as its public code runs it: splits, row order and label "
+                           "draw (cole: Cole et al.'s single-positive code; scob: Scob's code; sst: SST's code)",
+                           choices=PROTOCOL_NAMES)
+    image_size: int | None = option(None, "input resolution (default 448; demo 128)")
+    loader: str = option("auto", "decode pipeline", choices=("auto", "dali", "pil"))
+    workers: int | None = option(None, "loader worker threads/processes (default 2)")
+    cache_features: bool = option(False, "precompute the frozen backbone's features (and their flips) once into "
+                                  "--out (fp16 memmap); for methods without image-space augmentation")
+    cache_dir: str | None = option(None, "where --cache-features keeps its files (default <out>/feature_cache); runs "
+                                   "on the same data, backbone and resolution can share one (each split's key is "
+                                   "checked)")
+    max_bad_fraction: float | None = option(None, "stop when more than this fraction of an epoch's images cannot be "
+                                            "read (default: SCOB_FAST_MAX_BAD_IMAGE_FRACTION or 0.01)")
+    check_data: bool = option(False, "decode every image of every split, print the report of the bad ones and exit "
+                              "(non-zero if any)")
+    bad_images: str = option("stop", "what the quick header-level check of every split before training does with "
+                             "missing, unreadable, truncated or oversized images: stop with the report, or skip "
+                             "them (dropped from their split, listed in the log)", choices=("stop", "skip"))
+    max_image_pixels: int = option(DEFAULT_MAX_PIXELS, "largest image (width x height) read; larger ones are "
+                                   "refused as decompression bombs, by both loaders alike")
+
+
+@dataclass
+class ModelOptions:
+    method: str = option("scob", "training method", choices=tuple(sorted(METHODS)))
+    backbone: str | None = option(None, "frozen backbone (default: resnet50 if --backbone-weights is given, else "
+                                  "efficientnet_lite0)", choices=("efficientnet_lite0", "resnet50"))
+    backbone_weights: str | None = option(None, "state-dict file of the backbone (torchvision's resnet50-*.pth works)")
+    dim: int | None = option(None, "head width d (two levels of d/2); default 1024, demo 256")
+    ffn: int | None = option(None, "transformer FFN width; default 2048, demo 512")
+    dropout: float = option(0.1, "dropout in the heads")
+
+
+@dataclass
+class OptimOptions:
+    epochs: int | None = option(None, "training epochs (default 20; demo 3)")
+    batch_size: int | None = option(None, "batch size (default 8; demo 16)")
+    lr_linear: float = option(1e-3, "learning rate of input projections and position embeddings")
+    lr_transformer: float = option(4e-5, "learning rate of the transformer layers")
+    lr_projector: float = option(1e-2, "learning rate of the contrastive projector")
+    lr_classifier: float = option(1e-3, "learning rate of the classifier")
+    lr_estimator: float = option(1e-2, "learning rate of the label estimator (ROLE/Scob)")
+    lr_step: int | None = option(None, "StepLR step in epochs (x0.1; default 16)")
+    weight_decay: float = option(0.0, "Adam weight decay (L2, as torch.optim.Adam applies it) of every group "
+                                 "that does not set its own")
+    expected_positives: float | None = option(None, "expected positives per image k (EPR/ROLE/Scob; default per "
+                                              "dataset)")
+    seed: int = option(0, "seed of initialisation, order and augmentation")
+    amp: bool = option(False, "bfloat16 autocast on CPU; float16+GradScaler on CUDA")
+    amp_cuda_dtype: str = option("float16", "autocast dtype on CUDA", choices=("float16", "bfloat16"))
+    compile: bool = option(False, "torch.compile the trainable heads in place (first steps are slow while it "
+                           "compiles)")
+    device: str | None = option(None, "cpu or cuda (default: cuda when available)")
+    clip_grad_norm: float | None = option(None, "clip the gradients of each optimiser step to this global norm")
+
+
+@dataclass
+class RunOptions:
+    out: str | None = option(None, "run directory (default runs/<dataset>-<method>-<date>-<time>); one that holds "
+                             "another run is refused unless --resume continues it or --overwrite is given")
+    overwrite: bool = option(False, "replace the run that --out holds")
+    resume: str | None = option(None, "checkpoint to resume from (last.pth of a run); 'auto': --out's last.pth "
+                                "if there is one, else start")
+    checkpoint_every: int | None = option(None, "also write last.pth every N training steps (an interruption "
+                                          "then loses at most N steps)")
+    eval_only: bool = option(False, "evaluate --resume's weights on val and test, no training; writes "
+                             "eval-<checkpoint>.json into --out and nothing else")
+    max_nonfinite_steps: int = option(5, "stop the run after this many consecutive steps with a non-finite "
+                                      "loss or gradient (each is skipped)")
+    map_empty_class: str = option("exclude", "how a class without positives in the evaluated split enters mAP",
+                                  choices=("exclude", "zero"))
+    max_steps: int | None = option(None, "stop each epoch after this many steps (smoke tests)")
+    quiet: bool = option(False, "no progress bar")
+    debug: bool = option(False, "show the full traceback of an error instead of its one-line message")
+
+
+GROUPS = (("data", DataOptions), ("model", ModelOptions), ("optimisation", OptimOptions), ("run", RunOptions),
+          ("reporting", ReportOptions))
+
+
+@dataclass
+class TrainConfig:
+    data: DataOptions = field(default_factory=DataOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    optim: OptimOptions = field(default_factory=OptimOptions)
+    run: RunOptions = field(default_factory=RunOptions)
+    report: ReportOptions = field(default_factory=ReportOptions)
+    method: Any = None               # the chosen method's config dataclass
+
+    def flat(self) -> dict:
+        """Every option by its flag name (what args.yaml and checkpoints store)."""
+        out = {}
+        for part in (self.data, self.model, self.optim, self.run, self.report, self.method):
+            if part is not None:
+                out.update(flat_options(part))
+        return out
+
+    @property
+    def heads(self) -> HeadOptions:
+        return HeadOptions(dim=self.model.dim, ffn=self.model.ffn, dropout=self.model.dropout)
+
+    @property
+    def learning_rates(self) -> LearningRates:
+        o = self.optim
+        return LearningRates(linear=o.lr_linear, transformer=o.lr_transformer, projector=o.lr_projector,
+                             classifier=o.lr_classifier, estimator=o.lr_estimator)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train.py", description="Train multi-label recognition from incomplete labels.")
     p.add_argument("--config", help="YAML file whose keys (flag names, - or _) set defaults for any flag")
-
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="demo", choices=sorted(DATASET_DEFAULTS), help="dataset name")
-    g.add_argument("--data-root", help="dataset directory in its official layout (demo: generated cache)")
-    g.add_argument("--labels", default=None,
-                   help="label regime: full, single, partial:P (default: the method's own regime)")
-    g.add_argument("--demo-images", type=int, default=2000,
-                   help="demo only: generated train2014 images (val2014 gets 30%% as many)")
-    g.add_argument("--label-seed", type=int, default=1200, help="seed of the observed-label draw")
-    g.add_argument("--image-size", type=int, help="input resolution (default 448; demo 128)")
-    g.add_argument("--loader", choices=["auto", "dali", "pil"], default="auto", help="decode pipeline")
-    g.add_argument("--workers", type=int, help="loader worker threads/processes")
-    g.add_argument("--cache-features", action="store_true",
-                   help="precompute the frozen backbone's features (and their flips) once into --out (fp16 memmap); "
-                        "for methods without image-space augmentation")
-    g.add_argument("--cache-dir", default=None,
-                   help="where --cache-features keeps its files (default <out>/feature_cache); runs on the same "
-                        "data, backbone and resolution can share one (each split's key is checked)")
-    g.add_argument("--max-bad-fraction", type=float, default=None,
-                   help="stop when more than this fraction of an epoch's images cannot be read "
-                        "(default: SCOB_FAST_MAX_BAD_IMAGE_FRACTION or 0.01)")
-
-    g = p.add_argument_group("model")
-    g.add_argument("--method", default="scob", choices=sorted(METHODS))
-    g.add_argument("--backbone", default=None, choices=["efficientnet_lite0", "resnet50"],
-                   help="frozen backbone (default: resnet50 if --backbone-weights is given, else efficientnet_lite0)")
-    g.add_argument("--backbone-weights", help="state-dict file of the backbone (torchvision's resnet50-*.pth works)")
-    g.add_argument("--dim", type=int, help="head width d (two levels of d/2); default 1024, demo 256")
-    g.add_argument("--ffn", type=int, help="transformer FFN width; default 2048, demo 512")
-    g.add_argument("--dropout", type=float, default=0.1)
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr-linear", type=float, default=1e-3, help="input projections and position embeddings")
-    g.add_argument("--lr-transformer", type=float, default=4e-5)
-    g.add_argument("--lr-projector", type=float, default=1e-2)
-    g.add_argument("--lr-classifier", type=float, default=1e-3)
-    g.add_argument("--lr-estimator", type=float, default=1e-2, help="label estimator (ROLE/Scob)")
-    g.add_argument("--lr-step", type=int, help="StepLR step in epochs (x0.1)")
-    g.add_argument("--expected-positives", type=float, help="expected positives per image k (EPR/ROLE/Scob)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--amp", action="store_true", help="bfloat16 autocast on CPU; float16+GradScaler on CUDA")
-    g.add_argument("--amp-cuda-dtype", choices=["float16", "bfloat16"], default="float16")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the trainable heads in place (first steps are slow while it compiles)")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-
-    g = p.add_argument_group("run")
-    g.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<method>)")
-    g.add_argument("--resume", help="checkpoint to resume from (last.pth of a run)")
-    g.add_argument("--eval-only", action="store_true", help="evaluate --resume's weights on val and test, no training")
-    g.add_argument("--map-empty-class", choices=["exclude", "zero"], default="exclude",
-                   help="how a class without positives in the evaluated split enters mAP")
-    g.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps (smoke tests)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    added = {}
-    for name in sorted(METHODS):
-        add = method_class(name).add_arguments
-        if add in added:  # method families (the baselines) share one set of flags
-            continue
-        added[add] = name
-        add(p.add_argument_group(f"method options ({add.__qualname__.split('.')[0]})"))
+    for title, cls in GROUPS:
+        add_options(p.add_argument_group(title), cls)
+    for cls, names in config_classes().items():
+        add_options(p.add_argument_group(f"method options ({', '.join(names)})"), cls)
     return p
+
+
+def _config_value(action: argparse.Action, value, where: str, parser: argparse.ArgumentParser):
+    """A YAML value checked by the flag's own type and choices (so `amp: "false"` or `epochs: 1.5`
+    are refused exactly as on the command line)."""
+    flag = action.option_strings[0]
+    if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+        if not isinstance(value, bool):
+            parser.error(f"{where}: {flag} expects true or false, got {value!r}")
+        return value
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        parser.error(f"{where}: {flag} expects a single value, got {value!r}")
+    try:
+        converted = action.type(str(value)) if action.type else str(value)
+    except (TypeError, ValueError):
+        kind = getattr(action.type, "__name__", "value")
+        parser.error(f"{where}: {flag} expects {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {value!r}")
+    if action.type is int and isinstance(value, float):
+        parser.error(f"{where}: {flag} expects an int, got {value!r}")
+    if action.choices is not None and converted not in action.choices:
+        parser.error(f"{where}: {flag} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return converted
 
 
 def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
@@ -104,34 +183,122 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
         with open(known.config) as handle:
             values = yaml.safe_load(handle) or {}
     except OSError as exc:
-        parser.error(f"--config {known.config}: {exc}")
+        parser.error(f"--config {known.config}: {exc.strerror or exc}")
+    except yaml.YAMLError as exc:
+        parser.error(f"--config {known.config}: not valid YAML ({str(exc).splitlines()[0]})")
     if not isinstance(values, dict):
         parser.error(f"--config {known.config}: expected a mapping of flag names to values")
-    dests = {a.dest for a in parser._actions}
+    actions = {a.dest: a for a in parser._actions}
     normalised = {}
     for key, value in values.items():
         dest = str(key).replace("-", "_")
-        if dest not in dests:
+        if dest not in actions or dest in ("help", "config"):
             parser.error(f"--config {known.config}: unknown key {key!r}")
-        normalised[dest] = value
+        normalised[dest] = _config_value(actions[dest], value, f"--config {known.config}", parser)
     parser.set_defaults(**normalised)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def _check_ranges(config: "TrainConfig", parser: argparse.ArgumentParser) -> None:
+    """Values that parse but cannot train, refused before any data or model is built."""
+    d, m, o, r = config.data, config.model, config.optim, config.run
+    problems = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    need(o.epochs >= 1, f"--epochs must be >= 1, got {o.epochs}")
+    need(o.batch_size >= 1, f"--batch-size must be >= 1, got {o.batch_size}")
+    need(o.lr_step >= 1, f"--lr-step must be >= 1, got {o.lr_step}")
+    for name in ("lr_linear", "lr_transformer", "lr_projector", "lr_classifier", "lr_estimator"):
+        value = getattr(o, name)
+        need(value >= 0 and value == value and value != float("inf"),
+             f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+    need(o.weight_decay >= 0, f"--weight-decay must be >= 0, got {o.weight_decay}")
+    need(o.expected_positives > 0, f"--expected-positives must be > 0, got {o.expected_positives}")
+    need(32 <= d.image_size <= 4096 and d.image_size % 32 == 0,
+         f"--image-size must be a multiple of 32 in [32, 4096] (the backbone's stride), got {d.image_size}")
+    need(d.workers >= 0, f"--workers must be >= 0, got {d.workers}")
+    need(d.max_image_pixels >= 1, f"--max-image-pixels must be >= 1, got {d.max_image_pixels}")
+    need(d.demo_images >= 10, f"--demo-images must be >= 10, got {d.demo_images}")
+    need(m.dim >= 16 and m.dim % 16 == 0, f"--dim must be a positive multiple of 16 (two levels x 8 heads), "
+         f"got {m.dim}")
+    need(m.ffn >= 1, f"--ffn must be >= 1, got {m.ffn}")
+    need(0.0 <= m.dropout < 1.0, f"--dropout must be in [0, 1), got {m.dropout}")
+    if d.max_bad_fraction is not None:
+        need(0.0 <= d.max_bad_fraction <= 1.0, f"--max-bad-fraction must be in [0, 1], got {d.max_bad_fraction}")
+    if r.max_steps is not None:
+        need(r.max_steps >= 1, f"--max-steps must be >= 1, got {r.max_steps}")
+    try:
+        parse_regime(d.labels)
+    except ValueError as exc:
+        problems.append(f"--labels: {exc}")
+    if o.device is not None:
+        import torch
+        kind = o.device.split(":")[0]
+        if kind not in ("cpu", "cuda"):
+            problems.append(f"--device must be cpu or cuda, got {o.device!r}")
+        elif kind == "cuda" and not torch.cuda.is_available():
+            problems.append(f"--device {o.device}: this torch sees no CUDA GPU (torch {torch.__version__}, CUDA "
+                            f"build: {torch.version.cuda or 'no, CPU-only'}); use --device cpu")
+    if r.checkpoint_every is not None:
+        need(r.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {r.checkpoint_every}")
+    need(r.max_nonfinite_steps >= 1, f"--max-nonfinite-steps must be >= 1, got {r.max_nonfinite_steps}")
+    if o.clip_grad_norm is not None:
+        need(o.clip_grad_norm > 0, f"--clip-grad-norm must be > 0, got {o.clip_grad_norm}")
+    if r.eval_only and not r.resume:
+        problems.append("--eval-only needs --resume PATH (the weights to evaluate)")
+    if r.resume == "auto" and r.eval_only:
+        problems.append("--eval-only needs --resume PATH, not auto")
+    if problems:
+        parser.error("; ".join(problems))
+
+
+def _fill_defaults(values: dict) -> None:
+    """None = not set: the dataset's default, then the generic one."""
+    spec = dataset_spec(values["dataset"])
+    defaults = {**GENERIC_DEFAULTS, "expected_positives": spec.expected_positives, **spec.defaults}
+    # A method's own published k on this dataset (Scob's main.py: 3.9 on COCO) replaces the dataset's.
+    method_k = getattr(method_class(values["method"]), "published_expected_positives", {}).get(spec.name)
+    if method_k is not None:
+        defaults["expected_positives"] = method_k
+    for key, value in defaults.items():
+        if key in values and values[key] is None:
+            values[key] = value
+    if values["backbone"] is None:
+        values["backbone"] = "resnet50" if values["backbone_weights"] else "efficientnet_lite0"
+    if values["labels"] is None:
+        values["labels"] = method_class(values["method"]).label_regimes[0]
+    if values["out"] is None and values.get("resume") == "auto":
+        raise SystemExit("train.py: error: --resume auto needs --out (the run directory to continue)")
+    if values["out"] is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        values["out"] = f"runs/{values['dataset']}-{values['method']}-{stamp}"
+
+
+def config_from_values(values: dict) -> TrainConfig:
+    """A TrainConfig from flat option values (defaults filled in for what is missing or None)."""
+    parser = build_parser()
+    full = {a.dest: a.default for a in parser._actions if a.dest not in ("help", "config")}
+    full.update(values)
+    _fill_defaults(full)
+    method_config = method_class(full["method"]).config_class
+    return TrainConfig(data=options_from(DataOptions, full), model=options_from(ModelOptions, full),
+                       optim=options_from(OptimOptions, full), run=options_from(RunOptions, full),
+                       report=options_from(ReportOptions, full),
+                       method=options_from(method_config, full) if method_config else None)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     _apply_config(parser, argv)
-    args = parser.parse_args(argv)
-    defaults = {**GENERIC_DEFAULTS, **DATASET_DEFAULTS.get(args.dataset, {})}
-    for key, value in defaults.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    if args.backbone is None:
-        args.backbone = "resnet50" if args.backbone_weights else "efficientnet_lite0"
-    if args.labels is None:
-        args.labels = method_class(args.method).label_regimes[0]
-    if args.out is None:
-        args.out = f"runs/{args.dataset}-{args.method}"
-    if args.eval_only and not args.resume:
-        parser.error("--eval-only needs --resume PATH (the weights to evaluate)")
-    return args
+    values = vars(parser.parse_args(argv))
+    values.pop("config", None)
+    config = config_from_values(values)
+    _check_ranges(config, parser)
+    return config
+
+
+__all__ = ["TrainConfig", "DataOptions", "ModelOptions", "OptimOptions", "RunOptions", "build_parser",
+           "parse_args", "config_from_values", "option_names"]

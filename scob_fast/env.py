@@ -1,4 +1,4 @@
-"""Every SCOB_FAST_* environment variable, parsed in one place.
+"""Every SCOB_FAST_* environment variable (and Triton's TRITON_INTERPRET), parsed in one place.
 
 This module imports nothing heavy: setup.py loads it by path before torch is importable.
 """
@@ -16,10 +16,13 @@ VARIABLES = {
     "SCOB_FAST_TORCH_PIP_ARGS": "scripts/setup.sh: extra pip arguments for the torch install (e.g. a CPU wheel index)",
     "SCOB_FAST_CACHE_DIR": "where generated data (the demo dataset) is cached (default ~/.cache/scob_fast)",
     "SCOB_FAST_MAX_BAD_IMAGE_FRACTION": "data loaders stop when more than this fraction of an epoch's images fail to load (default 0.01)",
+    "TRITON_INTERPRET": "Triton's own switch: 1, true, yes, on or y (any case) runs Triton kernels on its CPU "
+                        "interpreter, and the triton backends then take CPU tensors (the tests set it)",
 }
 
 _FALSE = {"0", "false", "no", "off", ""}
 _TRUE = {"1", "true", "yes", "on"}
+_TRITON_TRUE = _TRUE | {"y"}
 
 
 def _get(name: str) -> str | None:
@@ -46,6 +49,16 @@ def forced_backend(op_name: str) -> str | None:
         return specific.lower()
     general = _get("SCOB_FAST_BACKEND")
     return general.lower() if general else None
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton runs its kernels on the CPU interpreter (TRITON_INTERPRET).
+
+    Read with Triton's own rule (its knobs.runtime.interpret: the value, unstripped, is one of
+    1/true/yes/on/y in any case) so that a backend never accepts CPU tensors that Triton would then
+    try to launch on a GPU, nor refuses them while Triton is interpreting.
+    """
+    return os.environ.get("TRITON_INTERPRET", "").lower() in _TRITON_TRUE
 
 
 def build_cuda() -> bool | None:

@@ -8,7 +8,7 @@ PY=.venv/bin/python
 mkdir -p "$OUT"
 run() {  # name, then train.py flags
   local name=$1; shift
-  $PY train.py --dataset demo --quiet --out "$OUT/$name" "$@" >"$OUT/$name.log" 2>&1 \
+  $PY train.py --dataset demo --quiet --overwrite --out "$OUT/$name" "$@" >"$OUT/$name.log" 2>&1 \
     || { echo "$name failed, see $OUT/$name.log" >&2; return 1; }
   echo "$name $($PY -c "import json;d=json.load(open('$OUT/$name/final.json'));print(round(d['test']['mAP'],4))") $*"
 }

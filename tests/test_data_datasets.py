@@ -24,10 +24,11 @@ def _check_splits(name, root, expected_train, **opts):
 
 
 def test_protocol_split_fixed_values():
-    # RandomState(1200) permutation, first 20% to val; must never change across machines.
+    # RandomState(1200) permutation, the last 20% to val (Cole et al.'s datasets.py generate_split);
+    # must never change across machines.
     train, val = protocol_split(10)
-    assert val.tolist() == [4, 9]
-    assert train.tolist() == [0, 1, 2, 3, 5, 6, 7, 8]
+    assert val.tolist() == [3, 7]
+    assert train.tolist() == [0, 1, 2, 4, 5, 6, 8, 9]
     train, val = protocol_split(1000)
     assert len(val) == 200 and len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == 1000
 

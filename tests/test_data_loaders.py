@@ -150,12 +150,11 @@ def _bad_dataset(root):
     damage(ds.image_paths[4], "garbage")
     damage(ds.image_paths[6], "empty")
     damage(ds.image_paths[9], "missing")
-    # a JPEG whose header is destroyed but whose end marker is intact passes the cheap byte checks:
-    # only a decoder finds out (for DALI this is the rebuild-and-retry path)
+    # a file whose bytes, structure and header pass every check but whose compressed image data is
+    # broken: only a decoder finds out (for DALI this is the rebuild-and-retry path)
     path = ds.image_paths[10]
-    data = bytearray(open(path, "rb").read())
-    data[20:400] = b"\x00" * 380
-    open(path, "wb").write(bytes(data))
+    write_image(path, seed=10, fmt="PNG")
+    damage(path, "undecodable")
     return ds, {1, 4, 6, 9, 10}
 
 

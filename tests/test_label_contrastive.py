@@ -18,8 +18,8 @@ from scob_fast.ops.label_contrastive import label_contrastive_loss, label_contra
 TOLERANCES = {torch.float64: (1e-9, 1e-7), torch.float32: (2e-5, 2e-4)}
 
 needs_cpp = pytest.mark.skipif(not _ext.cpp_available(), reason=str(_ext.load_error()))
-needs_triton = pytest.mark.skipif(lc._triton_installed() is not None, reason="triton is not installed")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or lc._cuda_build_error() is not None,
+needs_triton = pytest.mark.skipif(lc.DISPATCHER.availability()["triton"] is not None, reason="triton is not installed")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or lc.DISPATCHER.availability()["cuda"] is not None,
                                 reason="needs a GPU and scob_fast._C built with CUDA")
 
 # Kernel backends and the device their tensors live on (Triton runs in its interpreter on CPU here).
@@ -397,13 +397,13 @@ def test_non_contiguous_inputs():
 # Registration, dispatch, errors
 # ----------------------------------------------------------------------------------------------
 
-def _op_args(case, backend, **overrides):
+def _op_args(case, **overrides):
     args = dict(class_weights=None, extra_positive=None, temperature=0.3, logit_shift=1.0, logit_form=False,
                 label_positives=True, exclude_self=False)
     args.update(overrides)
     return (case["anchors"], case["anchor_labels"], case["candidates"], case["candidate_labels"],
             args["class_weights"], args["extra_positive"], args["temperature"], args["logit_shift"],
-            args["logit_form"], args["label_positives"], args["exclude_self"], backend)
+            args["logit_form"], args["label_positives"], args["exclude_self"])
 
 
 @pytest.mark.parametrize("backend, device", KERNELS)
@@ -412,15 +412,21 @@ def test_opcheck(backend, device, logit_form):
     case = make_case(9, 13, 16, 3, weights=True, extra="logit", device=device, seed=13)
     for key in ("anchors", "candidates", "extra_positive"):
         case[key].requires_grad_()
-    args = _op_args(case, backend, class_weights=case["class_weights"], extra_positive=case["extra_positive"],
+    args = _op_args(case, class_weights=case["class_weights"], extra_positive=case["extra_positive"],
                     logit_form=logit_form)
-    torch.library.opcheck(torch.ops.scob_fast.label_contrastive.default, args)
+    # The forward op that label_contrastive_loss calls for this backend, with its autograd.
+    torch.library.opcheck(lc.KERNEL.forward(backend).default, args)
 
 
 @needs_cpp
 def test_opcheck_cpp_kernels():
     case = make_case(9, 13, 16, 3, weights=True, extra="logit", seed=14)
-    args = _op_args(case, "cpp", class_weights=case["class_weights"], extra_positive=case["extra_positive"])[:-1]
+    # The Triton ops are declared in Python with the schemas of csrc/: they must not drift apart.
+    ops = torch.ops.scob_fast
+    for cpp, triton in ((ops.label_contrastive_fwd, ops.label_contrastive_triton_fwd),
+                        (ops.label_contrastive_bwd, ops.label_contrastive_triton_bwd)):
+        assert str(cpp.default._schema).split("(", 1)[1] == str(triton.default._schema).split("(", 1)[1]
+    args = _op_args(case, class_weights=case["class_weights"], extra_positive=case["extra_positive"])
     torch.library.opcheck(torch.ops.scob_fast.label_contrastive_fwd.default, args)
     loss, lse, count = torch.ops.scob_fast.label_contrastive_fwd(*args)
     grad = torch.ones_like(loss)
@@ -504,7 +510,7 @@ def test_bad_inputs_name_the_argument(backend):
 def test_cpp_op_checks_name_the_argument():
     a = torch.randn(4, 8)
     y = torch.zeros(4, dtype=torch.long)
-    with pytest.raises(RuntimeError, match="'candidates'"):
+    with pytest.raises(RuntimeError, match="label_contrastive: argument 'candidates'"):
         torch.ops.scob_fast.label_contrastive_fwd(a, y, torch.randn(3, 5), torch.zeros(3, dtype=torch.long), None,
                                                   None, 0.1, 0.0, False, True, False)
     with pytest.raises(RuntimeError, match="'anchor_labels'"):

@@ -7,13 +7,11 @@ bfloat16 (both printed with -s).
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from torch import nn
 
-from scob_fast import _ext
+from scob_fast import _ext, env
 from scob_fast.ops import BackendUnavailable, last_backend
 from scob_fast.ops.masked_attention import (DISPATCHER, dropout_keep_mask, masked_attention,
                                             masked_attention_reference)
@@ -151,8 +149,16 @@ def test_cpp_gradcheck_float64(dropout_p):
                   *TOLERANCES[torch.float64])
 
 
+def _signature(op) -> str:
+    return str(op.default._schema).split("(", 1)[1]
+
+
 @needs_cpp
 def test_cpp_opcheck():
+    # The Triton ops are declared in Python with the schemas of csrc/: they must not drift apart.
+    ops = torch.ops.scob_fast
+    assert _signature(ops.masked_attention_fwd) == _signature(ops.masked_attention_triton_fwd)
+    assert _signature(ops.masked_attention_bwd) == _signature(ops.masked_attention_triton_bwd)
     q, k, v, keep, _ = _inputs(2, 2, 9, 8, 0.5, torch.float32, seed=4)
     torch.library.opcheck(torch.ops.scob_fast.masked_attention_fwd.default, (q, k, v, keep, 0.3, 0.0, 0))
     torch.library.opcheck(torch.ops.scob_fast.masked_attention_fwd.default, (q, k, v, keep, 0.3, 0.2, 5))
@@ -179,8 +185,7 @@ def test_torch_compile_traces_the_op():
 # --------------------------------------------------------------------------------------------
 # Triton backend (interpreter; small shapes)
 
-needs_triton = pytest.mark.skipif(DISPATCHER.availability()["triton"] is not None or
-                                  os.environ.get("TRITON_INTERPRET") != "1",
+needs_triton = pytest.mark.skipif(DISPATCHER.availability()["triton"] is not None or not env.triton_interpreting(),
                                   reason="triton missing or not interpreting")
 
 
@@ -268,7 +273,7 @@ def test_bad_inputs_name_the_argument(change, pattern):
 @needs_cpp
 def test_cpp_op_checks_name_the_argument():
     q, k, v, keep, _ = _inputs(2, 1, 5, 8, 1.0, torch.float32)
-    with pytest.raises(RuntimeError, match="argument 'key_keep'"):
+    with pytest.raises(RuntimeError, match="masked_attention: argument 'key_keep'"):
         torch.ops.scob_fast.masked_attention_fwd(q, k, v, keep.int(), 1.0, 0.0, 0)
     with pytest.raises(RuntimeError, match="argument 'k'.*contiguous"):
         torch.ops.scob_fast.masked_attention_fwd(q, k.transpose(2, 3).contiguous().transpose(2, 3), v, keep, 1.0, 0.0, 0)

@@ -1,29 +1,29 @@
 """The fast Scob engine computes what the reference procedure computes (dropout off, float32)."""
-import argparse
-
 import pytest
 import torch
 
 from scob_fast.engine.amp import AmpPolicy
-from scob_fast.methods.base import MethodContext
-from scob_fast.methods.scob import Scob
+from scob_fast.methods.base import HeadOptions, LearningRates, MethodContext
+from scob_fast.methods.scob import Scob, ScobConfig
 from scob_fast.models.backbone import build_backbone
 
 C, N, B, S = 5, 24, 4, 128
 
 
-def _args(engine, **over):
-    a = dict(engine=engine, dim=64, ffn=96, dropout=0.0, seed=0, bank_size=2, lambda_cl=0.5, temperature=0.5,
-             ema_alpha=0.9, published_ema=False, cam_threshold=0.5, soft_correlation=False,
-             expected_positives=1.5, lr_linear=1e-3, lr_transformer=1e-3, lr_projector=1e-2,
-             lr_classifier=1e-3, lr_estimator=1e-2)
+def _config(engine, **over):
+    a = dict(engine=engine, bank_size=2, lambda_cl=0.5, temperature=0.5, ema_alpha=0.9, published_ema=False,
+             cam_threshold=0.5, soft_correlation=False)
     a.update(over)
-    return argparse.Namespace(**a)
+    return ScobConfig(**a)
 
 
 def _method(engine, backbone, observed, **over):
-    ctx = MethodContext(backbone=backbone, num_classes=C, num_samples=N, observed=observed, args=_args(engine, **over),
-                        device=torch.device("cpu"), amp=AmpPolicy("cpu", False), image_size=S)
+    ctx = MethodContext(backbone=backbone, num_classes=C, num_samples=N, observed=observed, config=_config(engine, **over),
+                        device=torch.device("cpu"), amp=AmpPolicy("cpu", False), image_size=S,
+                        heads=HeadOptions(dim=64, ffn=96, dropout=0.0),
+                        lr=LearningRates(linear=1e-3, transformer=1e-3, projector=1e-2, classifier=1e-3,
+                                         estimator=1e-2),
+                        expected_positives=1.5, seed=0)
     torch.manual_seed(0)
     return Scob(ctx)
 

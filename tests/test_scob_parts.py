@@ -5,10 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scob_fast.engine.cam import cam_keep_masks, grad_cam_plus_plus, target_classes
-from scob_fast.engine.correlation import contrastive_weights, correlation, correlation_loop
-from scob_fast.engine.prototype_bank import PrototypeBank
-from scob_fast.methods.scob import expected_positive_regulariser, scob_supervised_loss
+from scob_fast.methods.losses import expected_positive_regulariser
+from scob_fast.methods.scob import scob_supervised_loss
+from scob_fast.methods.scob.cam import cam_keep_masks, grad_cam_plus_plus, target_classes
+from scob_fast.methods.scob.correlation import contrastive_weights, correlation, correlation_loop
+from scob_fast.methods.scob.prototype_bank import PrototypeBank
 from scob_fast.models.label_estimator import LabelEstimator
 
 

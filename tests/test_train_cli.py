@@ -6,7 +6,7 @@ import torch
 
 from scob_fast.config import parse_args
 from scob_fast.engine import checkpoint
-from scob_fast.engine.trainer import run
+from scob_fast.training import run
 
 SMALL = ["--dataset", "demo", "--demo-images", "300", "--image-size", "64", "--dim", "64", "--ffn", "128",
          "--batch-size", "16", "--quiet", "--loader", "pil", "--workers", "0"]
@@ -52,7 +52,7 @@ def test_scob_resume_is_exact(cache_dir, tmp_path):
     assert a["epoch"] == b["epoch"] == 1
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
-    assert torch.equal(a["extra"]["bank"]["features"], b["extra"]["bank"]["features"])
+    assert torch.equal(a["model"]["bank.features"], b["model"]["bank.features"])   # the prototype bank too
 
 
 def test_eval_only_and_config_file(cache_dir, tmp_path):
@@ -63,9 +63,9 @@ def test_eval_only_and_config_file(cache_dir, tmp_path):
     assert 0.0 <= result["test"]["mAP"] <= 1.0
     config = tmp_path / "c.yaml"
     config.write_text("method: role\nlr-estimator: 0.05\nepochs: 7\n")
-    args = parse_args(["--config", str(config), "--dataset", "demo"])
-    assert args.method == "role" and args.lr_estimator == 0.05 and args.epochs == 7
-    assert args.image_size == 128 and args.labels == "single"   # demo defaults fill the rest
+    config = parse_args(["--config", str(config), "--dataset", "demo"])
+    assert config.model.method == "role" and config.optim.lr_estimator == 0.05 and config.optim.epochs == 7
+    assert config.data.image_size == 128 and config.data.labels == "single"   # demo defaults fill the rest
 
 
 def test_cli_errors_are_clear(tmp_path):

@@ -1,5 +1,6 @@
 // Schemas of the label-level contrastive loss kernels and their CPU bodies. The public op, its
-// autograd and fake kernels are in scob_fast/ops/label_contrastive.py.
+// autograd and fake kernels are in scob_fast/ops/label_contrastive.py (registered, on these ops and on
+// the Triton ops of the same schemas, by scob_fast/ops/_kernel_op.py).
 #include <torch/library.h>
 
 #include "label_contrastive/label_contrastive_ops.h"

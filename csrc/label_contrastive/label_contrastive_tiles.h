@@ -24,6 +24,7 @@
 #include <optional>
 #include <tuple>
 
+#include "common/checks.h"
 #include "label_contrastive/label_contrastive.h"
 
 namespace scob_fast {
@@ -31,7 +32,8 @@ namespace label_contrastive {
 
 using at::Tensor;
 
-#define LC_CHECK_ARG(cond, name, ...) TORCH_CHECK(cond, "label_contrastive: argument '", name, "' ", __VA_ARGS__)
+// Prefix of every argument error (SCOB_FAST_CHECK_ARG, common/checks.h).
+inline constexpr const char* kOpName = "label_contrastive";
 
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
@@ -40,37 +42,41 @@ inline bool is_supported_float(at::ScalarType t) {
 inline void check_inputs(const Tensor& anchors, const Tensor& anchor_labels, const Tensor& candidates,
                          const Tensor& candidate_labels, const std::optional<Tensor>& class_weights,
                          const std::optional<Tensor>& extra_positive, double temperature) {
-  LC_CHECK_ARG(anchors.dim() == 2, "anchors", "must be [N, D], got shape ", anchors.sizes());
-  LC_CHECK_ARG(is_supported_float(anchors.scalar_type()), "anchors",
-               "must be float32, float64, bfloat16 or float16, got ", anchors.scalar_type());
+  SCOB_FAST_CHECK_ARG(anchors.dim() == 2, "anchors", "must be [N, D], got shape ", anchors.sizes());
+  SCOB_FAST_CHECK_ARG(is_supported_float(anchors.scalar_type()), "anchors",
+                      "must be float32, float64, bfloat16 or float16, got ", anchors.scalar_type());
   const auto device = anchors.device();
   const int64_t n = anchors.size(0);
-  LC_CHECK_ARG(candidates.dim() == 2 && candidates.size(1) == anchors.size(1), "candidates",
-               "must be [M, ", anchors.size(1), "] (same D as anchors), got shape ", candidates.sizes());
-  LC_CHECK_ARG(candidates.scalar_type() == anchors.scalar_type(), "candidates",
-               "must have the anchors' dtype ", anchors.scalar_type(), ", got ", candidates.scalar_type());
-  LC_CHECK_ARG(candidates.device() == device, "candidates", "must be on ", device, ", got ", candidates.device());
+  SCOB_FAST_CHECK_ARG(candidates.dim() == 2 && candidates.size(1) == anchors.size(1), "candidates",
+                      "must be [M, ", anchors.size(1), "] (same D as anchors), got shape ", candidates.sizes());
+  SCOB_FAST_CHECK_ARG(candidates.scalar_type() == anchors.scalar_type(), "candidates",
+                      "must have the anchors' dtype ", anchors.scalar_type(), ", got ", candidates.scalar_type());
+  SCOB_FAST_CHECK_ARG(candidates.device() == device, "candidates", "must be on ", device, ", got ",
+                      candidates.device());
   for (const auto& [t, name, size] : {std::tuple<const Tensor&, const char*, int64_t>{anchor_labels, "anchor_labels", n},
                                       {candidate_labels, "candidate_labels", candidates.size(0)}}) {
-    LC_CHECK_ARG(t.dim() == 1 && t.size(0) == size, name, "must be [", size, "], got shape ", t.sizes());
-    LC_CHECK_ARG(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), name,
-                 "must hold integer labels, got ", t.scalar_type());
-    LC_CHECK_ARG(t.device() == device, name, "must be on ", device, ", got ", t.device());
+    SCOB_FAST_CHECK_ARG(t.dim() == 1 && t.size(0) == size, name, "must be [", size, "], got shape ", t.sizes());
+    SCOB_FAST_CHECK_ARG(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), name,
+                        "must hold integer labels, got ", t.scalar_type());
+    SCOB_FAST_CHECK_ARG(t.device() == device, name, "must be on ", device, ", got ", t.device());
   }
   if (class_weights.has_value()) {
     const Tensor& w = *class_weights;
-    LC_CHECK_ARG(w.dim() == 2 && w.size(0) == w.size(1), "class_weights", "must be [C, C], got shape ", w.sizes());
-    LC_CHECK_ARG(at::isFloatingType(w.scalar_type()), "class_weights", "must be floating point, got ", w.scalar_type());
-    LC_CHECK_ARG(w.device() == device, "class_weights", "must be on ", device, ", got ", w.device());
+    SCOB_FAST_CHECK_ARG(w.dim() == 2 && w.size(0) == w.size(1), "class_weights", "must be [C, C], got shape ",
+                        w.sizes());
+    SCOB_FAST_CHECK_ARG(at::isFloatingType(w.scalar_type()), "class_weights", "must be floating point, got ",
+                        w.scalar_type());
+    SCOB_FAST_CHECK_ARG(w.device() == device, "class_weights", "must be on ", device, ", got ", w.device());
   }
   if (extra_positive.has_value()) {
     const Tensor& e = *extra_positive;
-    LC_CHECK_ARG(e.dim() == 1 && e.size(0) == n, "extra_positive", "must be [", n, "] (one logit per anchor), got shape ",
-                 e.sizes());
-    LC_CHECK_ARG(at::isFloatingType(e.scalar_type()), "extra_positive", "must be floating point, got ", e.scalar_type());
-    LC_CHECK_ARG(e.device() == device, "extra_positive", "must be on ", device, ", got ", e.device());
+    SCOB_FAST_CHECK_ARG(e.dim() == 1 && e.size(0) == n, "extra_positive", "must be [", n,
+                        "] (one logit per anchor), got shape ", e.sizes());
+    SCOB_FAST_CHECK_ARG(at::isFloatingType(e.scalar_type()), "extra_positive", "must be floating point, got ",
+                        e.scalar_type());
+    SCOB_FAST_CHECK_ARG(e.device() == device, "extra_positive", "must be on ", device, ", got ", e.device());
   }
-  LC_CHECK_ARG(temperature > 0.0, "temperature", "must be > 0, got ", temperature);
+  SCOB_FAST_CHECK_ARG(temperature > 0.0, "temperature", "must be > 0, got ", temperature);
 }
 
 inline at::ScalarType acc_type(const Tensor& anchors) {
@@ -193,8 +199,9 @@ std::tuple<Tensor, Tensor, Tensor> backward_driver(
   const int64_t n = anchors.size(0), m = candidates.size(0), d = anchors.size(1);
   for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{grad_loss, "grad_loss"}, {lse, "lse"},
                                 {count, "count"}}) {
-    LC_CHECK_ARG(t.dim() == 1 && t.size(0) == n, name, "must be [", n, "], got shape ", t.sizes());
-    LC_CHECK_ARG(t.device() == anchors.device(), name, "must be on ", anchors.device(), ", got ", t.device());
+    SCOB_FAST_CHECK_ARG(t.dim() == 1 && t.size(0) == n, name, "must be [", n, "], got shape ", t.sizes());
+    SCOB_FAST_CHECK_ARG(t.device() == anchors.device(), name, "must be on ", anchors.device(), ", got ",
+                        t.device());
   }
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   Prepared p = prepare(anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive,

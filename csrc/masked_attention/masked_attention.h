@@ -8,17 +8,18 @@
 #include <cstdint>
 #include <tuple>
 
+#include "common/checks.h"
+
 #if defined(__CUDACC__)
 #define SCOB_FAST_HOST_DEVICE __host__ __device__ __forceinline__
 #else
 #define SCOB_FAST_HOST_DEVICE inline
 #endif
 
-// Every input error names the argument it is about.
-#define SCOB_FAST_CHECK_ARG(cond, arg, ...) \
-  TORCH_CHECK(cond, "masked_attention: argument '", arg, "': ", __VA_ARGS__)
-
 namespace scob_fast::masked_attention {
+
+// Prefix of every argument error (SCOB_FAST_CHECK_ARG, common/checks.h).
+inline constexpr const char* kOpName = "masked_attention";
 
 struct Sizes {
   int64_t B, H, L, D;

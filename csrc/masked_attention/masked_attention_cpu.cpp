@@ -1,6 +1,6 @@
 // CPU body of masked attention: pays only for the keys each sample keeps.
 //
-// Design (measured against alternatives in bench/attention.py):
+// Design (measured against alternatives in bench/masked_attention.py):
 //  * compaction: per sample b, the kept key positions idx_b[0..n_b) are listed once; per (b, h) the
 //    kept K and V rows are gathered into dense n_b x D panels (skipped when every key is kept);
 //  * forward, per (b, h, block of BQ queries): S = scale * Q_blk Kc^T (BLAS), row softmax over the n_b
@@ -605,7 +605,7 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_fwd_cpu(const at::Tensor& q,
       forward_impl<double, double>(q, k, v, comp, s, scale, drop, out, lse);
       break;
     default:
-      TORCH_CHECK(false, "masked_attention: argument 'q': dtype ", q.scalar_type(), " is not supported on CPU");
+      SCOB_FAST_CHECK_ARG(false, "q", "dtype ", q.scalar_type(), " is not supported on CPU");
   }
   return {out, lse};
 }
@@ -633,7 +633,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_attention_bwd_cpu(
       backward_impl<double, double>(grad_out, q, k, v, out, lse, comp, s, scale, drop, dq, dk, dv);
       break;
     default:
-      TORCH_CHECK(false, "masked_attention: argument 'q': dtype ", q.scalar_type(), " is not supported on CPU");
+      SCOB_FAST_CHECK_ARG(false, "q", "dtype ", q.scalar_type(), " is not supported on CPU");
   }
   return {dq, dk, dv};
 }

@@ -1,6 +1,7 @@
 // Schemas of the masked-attention op and its CPU bodies. The CUDA bodies register from
 // masked_attention_cuda.cpp (CUDA builds only); autograd and the fake (meta) kernels are registered
-// from Python (scob_fast/ops/masked_attention.py) with torch.library.
+// from Python (scob_fast/ops/masked_attention.py, through scob_fast/ops/_kernel_op.py, which gives the
+// Triton ops of the same schemas the same ones).
 #include <torch/library.h>
 
 #include "masked_attention/masked_attention.h"

@@ -13,6 +13,11 @@ Grayscale after jitter equals saturation 0 of the same transform (luma is linear
 to 1, so it commutes with brightness and contrast), which is how both loaders apply it. This differs
 from torchvision's ColorJitter (random order, contrast around the image mean, hue in HSV): the
 distribution is the same in both of OUR loaders, which is what matters for Scob.
+
+Every random draw of a batch comes from `draw_batch`, i.e. from default_rng([seed, epoch, batch
+number]) and nothing else: the same flips and hard-view factors in both loaders, whatever the
+worker count or the history of the process, so a run resumed in the middle of an epoch sees the
+batches an uninterrupted one would, and no global RNG (random, np.random, torch) is touched.
 """
 from __future__ import annotations
 
@@ -50,6 +55,17 @@ def sample_hard_params(rng: np.random.Generator, n: int) -> dict[str, np.ndarray
     sigma = np.where(blur, rng.uniform(*a["blur_sigma"], n), 0.0)
     return {"brightness": brightness, "contrast": contrast, "saturation": saturation * ~gray,
             "hue": hue, "sigma": sigma}
+
+
+def draw_batch(seed: int, epoch: int, batch: int, size: int, *, flip: bool,
+               hard_view: bool) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+    """(mirror flags [size] bool, hard-view factors or None) of batch number `batch` of `epoch`.
+    Drawn for every slot of the batch before any image is read, so a bad image does not shift the
+    draws of the others; no flips when `flip` is False (eval)."""
+    rng = np.random.default_rng([int(seed), int(epoch), int(batch)])
+    flips = rng.random(size) < 0.5 if flip else np.zeros(size, dtype=bool)
+    params = sample_hard_params(rng, size) if hard_view else None
+    return flips, params
 
 
 def colour_matrices(saturation: np.ndarray, hue_deg: np.ndarray) -> np.ndarray:

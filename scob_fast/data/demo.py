@@ -29,8 +29,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .readers.coco import COCO_LAYOUT, read_coco
+
 GENERATOR_VERSION = 1
 DEMO_DEFAULTS = {"num_classes": 12, "train_images": 2000, "val_images": 600, "image_size": 128, "seed": 0}
+DEMO_LAYOUT = ("<root>/demo-v<version>-<key>/ (root default: <cache dir>/demo), generated on first use, "
+               f"in the COCO-2014 layout {COCO_LAYOUT}")
 
 # (shape, colour name, RGB): shapes and colours are both unique per class.
 DEMO_CLASSES = (
@@ -308,3 +312,10 @@ def ensure_demo_dataset(base=None, processes: int | None = None, **params) -> Pa
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def read_demo(base, official_split: str, **params):
+    """(class_names, image_paths, labels) of the demo's official `official_split` ("train" = train2014,
+    "test" = val2014) under `base` (None: the cache), generated first if it is not there yet."""
+    root = ensure_demo_dataset(base, **params)
+    return read_coco(root, "train" if official_split == "train" else "val", dataset="demo")

@@ -4,12 +4,16 @@ Observed matrices are int8 [N, C]: 1 = observed positive, -1 = observed negative
 Draws use numpy's legacy RandomState, whose streams are fixed across numpy versions and machines.
 
 - "full": every label observed (1 / -1).
-- "single": one observed positive per image, uniform over its positives (Cole et al., CVPR 2021:
-  RandomState(seed) created once per split, images in order, shuffle the image's positive class
-  indices and keep the first; default seed 1200). No negative is observed; an image without any
-  positive observes nothing.
-- "partial:P": each (image, class) entry kept with probability P, else unknown (SST lineage: one
-  U(0, 1) matrix of shape [N, C] from RandomState(seed), default seed 0, kept where U < P).
+- "single": one observed positive per image, uniform over its positives: RandomState(seed) created
+  once, images in order, shuffle the image's positive class indices and keep the first (default
+  seed 1200). No negative is observed; an image without any positive observes nothing. This is the
+  positive half of Cole et al.'s draw only: their preproc/generate_observed_labels.py also shuffles
+  each image's negatives (consuming random numbers) and runs on the whole official list in their row
+  order, so its labels differ from this function's; `scob_fast.data.protocols` has that exact draw
+  (and Scob's), which is what train.py uses.
+- "partial:P": each (image, class) entry kept with probability P, else unknown: one U(0, 1) matrix
+  of shape [N, C] from RandomState(seed), default seed 0, kept where U < P. This is SST's draw
+  (HCP-MLR-PL datasets/coco2014.py changeLabelProportion) when `labels` are SST's rows.
 """
 from __future__ import annotations
 

@@ -1,20 +1,23 @@
 """Writers of tiny datasets in each official layout (used by the tests; handy to check a setup).
 
 Every writer returns (root, expected) where `expected` maps split names of the OFFICIAL lists to
-(image file names in list order, full labels [N, C]) so tests can compare readers against ground truth.
+(image file names in list order, full labels [N, C]) of the images a reader keeps, so tests can
+compare readers against ground truth.
 Images are small random-colour pictures of varying sizes; `damage()` spoils one file in a given way.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .datasets import VOC_CLASSES
+from .readers.voc import VOC_CLASSES
 
 
 def write_image(path, seed: int, size=None, mode: str = "RGB", fmt: str = "JPEG") -> Path:
@@ -31,20 +34,81 @@ def write_image(path, seed: int, size=None, mode: str = "RGB", fmt: str = "JPEG"
     return path
 
 
-def damage(path, how: str) -> None:
-    """truncate (half the bytes), garbage (not an image), empty (0 bytes), missing (deleted)."""
+def _png_chunks(data: bytes):
+    """(offset, type, data length) of each chunk of a PNG file."""
+    pos = 8
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        yield pos, data[pos + 4:pos + 8], length
+        pos += 12 + length
+
+
+def _fix_png_crc(data: bytearray, pos: int, length: int) -> None:
+    end = pos + 8 + length
+    data[end:end + 4] = zlib.crc32(bytes(data[pos + 4:end])).to_bytes(4, "big")
+
+
+def write_png_bomb(path, width: int, height: int) -> Path:
+    """A real, valid grey PNG of width x height black pixels: a few kB per 10 megapixels on disk
+    (the compressed rows are streamed, nothing of that size is held in memory)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    packer, parts, block = zlib.compressobj(9), [], bytes(1 << 20)
+    for _ in range(height):
+        left = width + 1  # the filter byte (0: none) and one byte per pixel
+        while left:
+            parts.append(packer.compress(block[:min(left, len(block))]))
+            left -= min(left, len(block))
+    parts.append(packer.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
     path = Path(path)
-    if how == "truncate":
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2])
-    elif how == "garbage":
-        path.write_bytes(b"this is not an image " * 20)
-    elif how == "empty":
-        path.write_bytes(b"")
-    elif how == "missing":
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def damage(path, how: str) -> None:
+    """Spoil one file in a given way:
+    - any file: truncate (half the bytes), garbage (text, not an image), empty (0 bytes), missing;
+    - a JPEG: corrupt-middle (an unknown marker in the middle of the entropy-coded data: libjpeg
+      stops, DALI's decoder would go on), bomb (the frame header claims 14000 x 14000 pixels);
+    - a PNG: bad-crc (the first image-data chunk fails its CRC: libpng stops, PIL never checks),
+      undecodable (an invalid block in the compressed image data, with a correct CRC: only a decoder finds
+      out), bomb (the header claims 14000 x 14000 pixels)."""
+    path = Path(path)
+    if how == "missing":
         path.unlink()
+        return
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        data = data[: len(data) // 2]
+    elif how == "garbage":
+        data = bytearray(b"this is not an image " * 20)
+    elif how == "empty":
+        data = bytearray()
+    elif data.startswith(b"\xff\xd8") and how in ("corrupt-middle", "bomb"):
+        if how == "corrupt-middle":
+            start = data.index(b"\xff\xda")
+            middle = (start + 4 + int.from_bytes(data[start + 2:start + 4], "big") + len(data) - 2) // 2
+            data[middle:middle + 2] = b"\xff\x3a"
+        else:
+            sof = next(m.start() for m in re.finditer(b"\xff[\xc0-\xc2]", bytes(data)))
+            data[sof + 5:sof + 9] = struct.pack(">HH", 14000, 14000)
+    elif data.startswith(b"\x89PNG") and how in ("bad-crc", "undecodable", "bomb"):
+        chunks = list(_png_chunks(bytes(data)))
+        pos, _, length = next(c for c in chunks if c[1] == b"IDAT")
+        if how == "bad-crc":
+            data[pos + 8 + length] ^= 0xFF
+        elif how == "undecodable":
+            data[pos + 10] = 0xFF  # the first deflate block after the 2-byte zlib header: type 3, invalid
+            _fix_png_crc(data, pos, length)
+        else:
+            data[16:24] = struct.pack(">II", 14000, 14000)
+            _fix_png_crc(data, 8, 13)
     else:
-        raise ValueError(f"how={how!r}")
+        raise ValueError(f"how={how!r} (for {path.name})")
+    path.write_bytes(bytes(data))
 
 
 def _seed(*parts) -> int:

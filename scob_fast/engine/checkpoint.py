@@ -18,6 +18,14 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
+def save_last_and_best(state: dict, directory: str | os.PathLike, improved: bool) -> None:
+    """last.pth every epoch; best.pth too when the epoch improved the selection metric."""
+    directory = Path(directory)
+    atomic_save(state, directory / "last.pth")
+    if improved:
+        atomic_save(state, directory / "best.pth")
+
+
 def load(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -1,228 +1,256 @@
-"""The training loop: data, method, optimiser, per-epoch evaluation, logs and checkpoints."""
+"""The generic training loop: `fit` runs `train_one_epoch` and `evaluate` per epoch, logs a row and
+saves last/best checkpoints (and, with `checkpoint_every`, mid-epoch ones). It knows a method only
+through the hooks of scob_fast.methods.base (train_step, predict_batch, start_epoch,
+continue_epoch, state_dict_for_checkpoint, ...), never by name.
+
+A checkpoint's `position` is where training continues: (epoch, step) = the next step to run. A
+SIGTERM or SIGINT lets the current step finish, writes last.pth at that position and stops with
+`TrainingInterrupted`; `resume` continues from it at the exact batch.
+"""
 from __future__ import annotations
 
-import csv
-import json
+import contextlib
 import logging
-import os
-import random
+import math
+import signal
+import threading
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-import yaml
 
-from scob_fast.data import build_dataset, build_loader, load_observed, observe_labels, save_observed
 from scob_fast.engine import checkpoint
-from scob_fast.engine.amp import AmpPolicy
-from scob_fast.engine.feature_cache import CachedFeatureLoader, FeatureCache
+from scob_fast.engine.amp import AmpPolicy, NonFiniteTraining
 from scob_fast.engine.metrics import multilabel_metrics
 from scob_fast.engine.progress import Progress
-from scob_fast.methods import method_class
-from scob_fast.methods.base import MethodContext
-from scob_fast.models.backbone import build_backbone
+from scob_fast.engine.run_directory import RunDirectory
 
 log = logging.getLogger("scob_fast.train")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+class TrainingInterrupted(RuntimeError):
+    """A signal stopped training after a checkpoint was written."""
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
+def to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
+class Observer:
+    """What a logger, plotter or progress display sees of a run (every hook optional)."""
+
+    def on_step(self, epoch: int, step: int, stats: dict, images: int) -> None:
+        """After each training step; `stats` are device tensors (reading them syncs)."""
+
+    def on_epoch(self, epoch: int, row: dict) -> None:
+        """After an epoch's row (losses, images/s, validation metrics) was written."""
+
+    def on_scores(self, split: str, epoch: int, scores, targets) -> None:
+        """Sigmoid scores [N, C] and full labels [N, C] (numpy) of an evaluated split."""
+
+    def close(self) -> None:
+        """At the end of the run (also after an error)."""
+
+
 @torch.no_grad()
-def evaluate(method, loader, device, empty_class: str = "exclude") -> dict:
+def predict_scores(method, loader, device, amp: AmpPolicy) -> tuple:
+    """(sigmoid scores [N, C], labels [N, C]) as numpy arrays, in the loader's order."""
     method.eval()
     scores, targets = [], []
     for batch in loader:
-        batch = _to_device(batch, device)
-        with method.ctx.amp.autocast():
+        batch = to_device(batch, device)
+        with amp.autocast():
             logits = method.predict_batch(batch)
         scores.append(torch.sigmoid(logits.float()).cpu())
         targets.append(batch["labels"].cpu())
     method.train()
-    metrics = multilabel_metrics(torch.cat(scores).numpy(), torch.cat(targets).numpy(), empty_class=empty_class)
+    return torch.cat(scores).numpy(), torch.cat(targets).numpy()
+
+
+def evaluate(method, loader, device, amp: AmpPolicy, empty_class: str = "exclude", *, split: str = "val",
+             epoch: int = -1, observers=()) -> dict:
+    scores, targets = predict_scores(method, loader, device, amp)
+    for observer in observers:
+        observer.on_scores(split, epoch, scores, targets)
+    metrics = multilabel_metrics(scores, targets, empty_class=empty_class)
     metrics["skipped_images"] = int(getattr(loader, "skipped", 0))
     return metrics
 
 
-class RunDirectory:
-    """args.yaml, summary.csv (one row per epoch), log.jsonl, last.pth / best.pth, observed labels."""
-
-    def __init__(self, path: str):
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-
-    def write_args(self, args) -> None:
-        tmp = self.path / "args.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(vars(args), sort_keys=True))
-        os.replace(tmp, self.path / "args.yaml")
-
-    def append_summary(self, row: dict) -> None:
-        path = self.path / "summary.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        with open(self.path / "log.jsonl", "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+@dataclass
+class FitProgress:
+    """Where a run stands: the next (epoch, step) to train, the best validation epoch so far, and the
+    running sums of the epoch in progress (so that its log row is the same after a resume)."""
+    start_epoch: int = 0
+    best_map: float = -1.0
+    best_epoch: int = -1
+    start_step: int = 0
+    epoch_sums: dict = field(default_factory=dict)
+    epoch_time_s: float = 0.0
+    epoch_images: int = 0
 
 
-def compile_heads(method) -> int:
-    """torch.compile every transformer head of the method in place (Module.compile keeps the
-    parameter names, so checkpoints are unchanged); the custom ops have fake kernels for tracing."""
-    from scob_fast.models.scob_net import MidHead
-    heads = [m for m in method.modules() if isinstance(m, MidHead)]
-    for head in heads:
-        head.compile(dynamic=False)
-    log.info("--compile: %d heads compiled lazily on first use", len(heads))
-    return len(heads)
+class _StopSignal:
+    """SIGTERM / SIGINT set a flag that the loop reads between steps (main thread only)."""
+
+    def __init__(self):
+        self.received: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def handler(signum, _frame):
+            if self.received is not None:       # a second signal: stop at once
+                signal.signal(signum, previous[signum])
+                raise KeyboardInterrupt
+            self.received = signum
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
-def _no_observed(dataset) -> np.ndarray:
-    return np.zeros(dataset.labels.shape, dtype=np.int8)
+def _checkpoint_state(method, optimizer, scheduler, amp, state: FitProgress, epoch: int, step: int,
+                      args: dict) -> dict:
+    return {"model": method.state_dict_for_checkpoint(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "amp": amp.state_dict(), "rng": checkpoint.rng_state(),
+            "epoch": epoch - 1, "position": {"epoch": epoch, "step": step},   # "epoch": the last one completed
+            "best_map": state.best_map, "best_epoch": state.best_epoch,
+            "epoch_sums": dict(state.epoch_sums), "epoch_time_s": state.epoch_time_s,
+            "epoch_images": state.epoch_images, "args": dict(args)}
 
 
-def _cached_loaders(args, cls, backbone, loader_opts, observed, train_set, val_set, test_set, run_dir):
-    if not cls.supports_feature_cache:
-        raise SystemExit(f"--cache-features: method {args.method} needs image-space views (e.g. Scob's hard view), "
-                         "which cached features cannot give; run it without --cache-features")
-    loaders = []
-    for split, dataset, flips in (("train", train_set, True), ("val", val_set, False), ("test", test_set, False)):
-        key = {"dataset": args.dataset, "root": str(args.data_root), "split": split, "images": len(dataset),
-               "backbone": args.backbone, "weights": str(args.backbone_weights), "image_size": args.image_size}
-        source = build_loader(dataset, _no_observed(dataset), train=False, hard_view=False, **loader_opts)
-        log.info("feature cache: %s split (%d images, flips=%s)", split, len(dataset), flips)
-        cache_root = Path(args.cache_dir) if args.cache_dir else run_dir.path / "feature_cache"
-        cache = FeatureCache.build(cache_root / split, backbone, source, len(dataset), flips, key)
-        loaders.append(CachedFeatureLoader(cache, dataset.labels, observed if split == "train" else None,
-                                           args.batch_size, train=split == "train", seed=args.seed))
-    return loaders
+def train_one_epoch(method, loader, optimizer, device, *, epoch: int, epochs: int, max_steps: int | None = None,
+                    quiet: bool = False, amp: AmpPolicy | None = None, max_nonfinite_steps: int = 5,
+                    state: FitProgress | None = None, after_step=None, observers=()) -> dict:
+    """One pass over `loader` (at most `max_steps` steps) -> mean stats, images/s and time.
 
-
-def run(args) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    seed_everything(args.seed)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    run_dir = RunDirectory(args.out)
-    resume_state = checkpoint.load(args.resume) if args.resume else None
-
-    opts = {}
-    if args.dataset == "demo":
-        opts = {"train_images": args.demo_images, "val_images": max(args.demo_images * 3 // 10, 1)}
-    train_set = build_dataset(args.dataset, args.data_root, "train", **opts)
-    val_set = build_dataset(args.dataset, args.data_root, "val", **opts)
-    test_set = build_dataset(args.dataset, args.data_root, "test", **opts)
-    if args.resume and (Path(args.resume).parent / "observed_labels.npz").exists():
-        observed = load_observed(Path(args.resume).parent)
+    Starts at `state.start_step` (a resumed epoch: the loader skips the batches already trained,
+    the method continues instead of starting the epoch). Steps that `amp` skipped for a non-finite
+    loss or gradient are counted; `max_nonfinite_steps` of them in a row stop the run
+    (NonFiniteTraining) before anything is saved. `after_step(done, snapshot)` runs after every step
+    (mid-epoch checkpoints, stop requests) and may raise to stop; it calls `snapshot()` before saving
+    so that the running sums (read back from the device only then) go into the checkpoint."""
+    state = state if state is not None else FitProgress(start_epoch=epoch)
+    first = state.start_step
+    steps = len(loader) if max_steps is None else min(max_steps, len(loader))
+    if first:
+        loader.set_epoch(epoch, start_batch=first)
+        method.continue_epoch(epoch, first)
     else:
-        observed = observe_labels(train_set.labels, args.labels, seed=args.label_seed)
-    if observed.shape != train_set.labels.shape:
-        raise ValueError(f"observed labels {observed.shape} do not match the training split {train_set.labels.shape}")
-    save_observed(run_dir.path, observed, regime=args.labels, seed=args.label_seed, dataset=args.dataset,
-                  class_names=list(train_set.class_names))
-    run_dir.write_args(args)
-
-    backbone = build_backbone(args.backbone, args.backbone_weights).to(device).use_channels_last()
-    amp = AmpPolicy(device, args.amp, args.amp_cuda_dtype)
-    cls = method_class(args.method)
-    ctx = MethodContext(backbone=backbone, num_classes=len(train_set.class_names), num_samples=len(train_set),
-                        observed=torch.from_numpy(observed), args=args, device=device, amp=amp,
-                        image_size=args.image_size)
-    method = cls(ctx).to(device)
-    method.move_state_to(device)
-    if args.compile:
-        compile_heads(method)
-
-    spec = backbone.spec
-    loader_opts = dict(batch_size=args.batch_size, image_size=args.image_size, mean=spec.mean, std=spec.std,
-                       loader=args.loader, workers=args.workers, seed=args.seed,
-                       max_bad_fraction=args.max_bad_fraction)
-    if args.cache_features:
-        train_loader, val_loader, test_loader = _cached_loaders(args, cls, backbone, loader_opts, observed,
-                                                                train_set, val_set, test_set, run_dir)
-    else:
-        train_loader = build_loader(train_set, observed, train=True, hard_view=cls.needs_hard_view, **loader_opts)
-        val_loader = build_loader(val_set, _no_observed(val_set), train=False, hard_view=False, **loader_opts)
-        test_loader = build_loader(test_set, _no_observed(test_set), train=False, hard_view=False, **loader_opts)
-
-    optimizer = torch.optim.Adam(method.param_groups())
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=0.1)
-    start_epoch, best_map, best_epoch = 0, -1.0, -1
-    if resume_state is not None:
-        method.load_checkpoint_state(resume_state["model"])
-        method.load_extra_state(resume_state["extra"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        amp.load_state_dict(resume_state["amp"])
-        checkpoint.set_rng_state(resume_state["rng"])
-        start_epoch = resume_state["epoch"] + 1
-        best_map, best_epoch = resume_state["best_map"], resume_state["best_epoch"]
-        log.info("resumed from %s at epoch %d", args.resume, start_epoch)
-
-    if args.eval_only:
-        result = {"val": evaluate(method, val_loader, device, args.map_empty_class),
-                  "test": evaluate(method, test_loader, device, args.map_empty_class)}
-        print(json.dumps(result, indent=2))
-        return result
-
-    log.info("train %d / val %d / test %d images, %d classes, labels=%s, method=%s (%s), backbone=%s, device=%s",
-             len(train_set), len(val_set), len(test_set), len(train_set.class_names), args.labels, args.method,
-             getattr(args, "engine", "-"), args.backbone, device)
-    for epoch in range(start_epoch, args.epochs):
-        train_loader.set_epoch(epoch)
-        method.train()
+        loader.set_epoch(epoch)
         method.start_epoch(epoch)
-        steps = len(train_loader) if args.max_steps is None else min(args.max_steps, len(train_loader))
-        progress = Progress(steps, f"epoch {epoch + 1}/{args.epochs}", enabled=not args.quiet)
-        sums: dict[str, float] = {}
-        start = time.perf_counter()
-        for step, batch in enumerate(train_loader):
-            if step >= steps:
-                break
-            batch = _to_device(batch, device)
-            stats = method.train_step(batch, optimizer)
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + value.detach()
-            progress.update(step, batch["index"].shape[0], stats)
-        images_per_s = progress.close()
-        train_time = time.perf_counter() - start
-        scheduler.step()
-        metrics = evaluate(method, val_loader, device, args.map_empty_class)
-        row = {"epoch": epoch + 1, **{k: float(v) / max(steps, 1) for k, v in sums.items()},
-               "train_images_per_s": round(images_per_s, 2), "train_time_s": round(train_time, 1),
-               "train_skipped_images": int(getattr(train_loader, "skipped", 0)),
-               **{f"val_{k}": v for k, v in metrics.items()}}
-        run_dir.append_summary(row)
-        improved = metrics["mAP"] > best_map
-        if improved:
-            best_map, best_epoch = metrics["mAP"], epoch
-        state = {"model": method.state_dict_for_checkpoint(), "extra": method.extra_state(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "amp": amp.state_dict(),
-                 "rng": checkpoint.rng_state(), "epoch": epoch, "best_map": best_map, "best_epoch": best_epoch,
-                 "args": {k: v for k, v in vars(args).items()}}
-        checkpoint.atomic_save(state, run_dir.path / "last.pth")
-        if improved:
-            checkpoint.atomic_save(state, run_dir.path / "best.pth")
-        log.info("epoch %d: val mAP %.4f (best %.4f @ %d), CF1 %.4f, OF1 %.4f, %.1f img/s, %.0f s",
-                 epoch + 1, metrics["mAP"], best_map, best_epoch + 1, metrics["CF1"], metrics["OF1"],
-                 images_per_s, train_time)
+        state.epoch_sums, state.epoch_time_s, state.epoch_images = {}, 0.0, 0
+    method.train()
+    skipped_before = amp.skipped_steps if amp is not None else 0
+    progress = Progress(steps - first, f"epoch {epoch + 1}/{epochs}", enabled=not quiet)
+    sums = {k: torch.tensor(v) for k, v in state.epoch_sums.items()}
+    start = time.perf_counter()
+    elapsed_before = state.epoch_time_s
+    step = first
+    for step, batch in enumerate(loader, start=first):
+        if step >= steps:
+            break
+        batch = to_device(batch, device)
+        stats = method.train_step(batch, optimizer)
+        if amp is not None and amp.consecutive_skipped >= max_nonfinite_steps:
+            progress.close()
+            raise NonFiniteTraining(
+                f"{amp.consecutive_skipped} consecutive steps had a non-finite loss or gradient (epoch {epoch + 1}, "
+                f"step {step + 1}); stopped without saving, earlier checkpoints are kept. Lower the learning "
+                f"rates, add --clip-grad-norm, or try without --amp")
+        for key, value in stats.items():
+            sums[key] = sums.get(key, 0.0) + value.detach()
+        state.epoch_images += int(batch["index"].shape[0])
+        progress.update(step - first, batch["index"].shape[0], stats)
+        for observer in observers:
+            observer.on_step(epoch, step, stats, int(batch["index"].shape[0]))
+        if after_step is not None:
+            def snapshot() -> None:
+                state.epoch_sums = {k: float(v) for k, v in sums.items()}
+                state.epoch_time_s = elapsed_before + time.perf_counter() - start
+            # A batch whose images all failed is not yielded: the loader's own position is the truth.
+            after_step(int(getattr(loader, "next_batch", step + 1)), snapshot)
+    progress.close()
+    train_time = elapsed_before + time.perf_counter() - start
+    state.start_step = 0
+    return {**{k: float(v) / max(steps, 1) for k, v in sums.items()},
+            "train_images_per_s": round(state.epoch_images / max(train_time, 1e-9), 2),
+            "train_time_s": round(train_time, 1),
+            "train_skipped_images": int(getattr(loader, "skipped", 0)),
+            "train_nonfinite_steps": (amp.skipped_steps - skipped_before) if amp is not None else 0}
 
-    final = {"best_epoch": best_epoch + 1, "best_val_mAP": best_map}
-    best_path = run_dir.path / "best.pth"
-    if best_path.exists():
-        method.load_checkpoint_state(checkpoint.load(best_path)["model"])
-        final["test"] = evaluate(method, test_loader, device, args.map_empty_class)
-        log.info("test (best val epoch %d): mAP %.4f", best_epoch + 1, final["test"]["mAP"])
-    tmp = run_dir.path / "final.json.tmp"
-    tmp.write_text(json.dumps(final, indent=2))
-    os.replace(tmp, run_dir.path / "final.json")
-    return final
+
+def fit(method, optimizer, scheduler, train_loader, val_loader, run_dir: RunDirectory, *, device, amp: AmpPolicy,
+        epochs: int, state: FitProgress | None = None, max_steps: int | None = None, quiet: bool = False,
+        empty_class: str = "exclude", checkpoint_args: dict | None = None, max_nonfinite_steps: int = 5,
+        checkpoint_every: int | None = None, observers=()) -> FitProgress:
+    """Train from `state` to `epochs`, evaluating on `val_loader` after every epoch; best.pth holds the
+    epoch with the highest (finite) validation mAP, last.pth the latest position."""
+    state = state or FitProgress()
+    args = checkpoint_args or {}
+    stop = _StopSignal()
+
+    def save(epoch: int, step: int, improved: bool = False) -> None:
+        saved = _checkpoint_state(method, optimizer, scheduler, amp, state, epoch, step, args)
+        checkpoint.save_last_and_best(saved, run_dir.path, improved)
+
+    with stop.installed():
+        for epoch in range(state.start_epoch, epochs):
+            def after_step(done: int, snapshot, epoch=epoch) -> None:
+                due = checkpoint_every is not None and done % checkpoint_every == 0
+                if stop.received is not None or due:
+                    snapshot()
+                    save(epoch, done)
+                if stop.received is not None:
+                    name = signal.Signals(stop.received).name
+                    raise TrainingInterrupted(
+                        f"{name}: stopped after step {done} of epoch {epoch + 1}; checkpoint written to "
+                        f"{run_dir.path / 'last.pth'} (continue with --resume {run_dir.path / 'last.pth'})")
+
+            row = {"epoch": epoch + 1, **train_one_epoch(
+                method, train_loader, optimizer, device, epoch=epoch, epochs=epochs, max_steps=max_steps,
+                quiet=quiet, amp=amp, max_nonfinite_steps=max_nonfinite_steps, state=state, after_step=after_step,
+                observers=observers)}
+            row.update({f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)})
+            scheduler.step()
+            metrics = evaluate(method, val_loader, device, amp, empty_class, split="val", epoch=epoch,
+                               observers=observers)
+            row.update({f"val_{k}": v for k, v in metrics.items()})
+            run_dir.append_summary(row)
+            for observer in observers:
+                observer.on_epoch(epoch, row)
+            improved = math.isfinite(metrics["mAP"]) and metrics["mAP"] > state.best_map
+            if improved:
+                state.best_map, state.best_epoch = metrics["mAP"], epoch
+            state.start_epoch = epoch + 1
+            state.epoch_sums, state.epoch_time_s, state.epoch_images = {}, 0.0, 0
+            save(epoch + 1, 0, improved)
+            log.info("epoch %d: val mAP %.4f (best %.4f @ %d), CF1 %.4f, OF1 %.4f, %.1f img/s, %.0f s",
+                     epoch + 1, metrics["mAP"], state.best_map, state.best_epoch + 1, metrics["CF1"],
+                     metrics["OF1"], row["train_images_per_s"], row["train_time_s"])
+            if stop.received is not None:
+                raise TrainingInterrupted(f"{signal.Signals(stop.received).name}: stopped after epoch {epoch + 1}; "
+                                          f"continue with --resume {run_dir.path / 'last.pth'}")
+    return state
+
+
+def resume(method, optimizer, scheduler, amp: AmpPolicy, saved: dict) -> FitProgress:
+    """Load everything `fit` saved; the run continues exactly where it stopped."""
+    method.load_checkpoint_state(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    amp.load_state_dict(saved["amp"])
+    checkpoint.set_rng_state(saved["rng"])
+    position = saved.get("position", {"epoch": saved["epoch"] + 1, "step": 0})
+    return FitProgress(start_epoch=position["epoch"], best_map=saved["best_map"], best_epoch=saved["best_epoch"],
+                       start_step=position["step"], epoch_sums=dict(saved.get("epoch_sums", {})),
+                       epoch_time_s=float(saved.get("epoch_time_s", 0.0)),
+                       epoch_images=int(saved.get("epoch_images", 0)))

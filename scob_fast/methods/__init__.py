@@ -1,4 +1,5 @@
-"""Training methods, one file each; add a method with its file plus one line here."""
+"""Training methods: one folder each (or one file for a small one); add a method with its folder
+plus one line here. Each method class names its typed options in `config_class`."""
 from __future__ import annotations
 
 import importlib
@@ -27,3 +28,13 @@ def method_class(name: str):
         raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
     module_name, class_name = METHODS[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def config_classes() -> dict[type, list[str]]:
+    """Each distinct method config class -> the methods that use it (families share one)."""
+    out: dict[type, list[str]] = {}
+    for name in sorted(METHODS):
+        cls = method_class(name).config_class
+        if cls is not None:
+            out.setdefault(cls, []).append(name)
+    return out

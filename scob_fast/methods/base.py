@@ -1,19 +1,40 @@
-"""What a training method is to the trainer.
+"""What a training method is to the training loop.
 
-A method owns its trainable modules (it is an nn.Module, so its state_dict is checkpointed whole),
-any extra state (`extra_state` / `load_extra_state`), its optimiser parameter groups and its
-training step; the trainer owns data, optimiser, schedule, evaluation and checkpoints.
+A method owns its trainable modules and all of its state as parameters and buffers (it is an
+nn.Module, so `state_dict()` checkpoints it whole and `.to(device)` moves it), its optimiser
+parameter groups and its training step. The loop (scob_fast.engine) owns data, optimiser,
+schedule, evaluation and checkpoints and calls only the hooks below.
 """
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from scob_fast.engine.amp import AmpPolicy
 from scob_fast.models.backbone import FrozenBackbone
+
+log = logging.getLogger("scob_fast.methods")
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """Width of the trainable heads."""
+    dim: int = 1024
+    ffn: int = 2048
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class LearningRates:
+    """Per-group learning rates (the public Scob code's groups; other methods map onto them)."""
+    linear: float = 1e-3          # input projections and position embeddings
+    transformer: float = 4e-5
+    projector: float = 1e-2
+    classifier: float = 1e-3
+    estimator: float = 1e-2       # label estimator (ROLE, Scob)
 
 
 @dataclass
@@ -22,38 +43,81 @@ class MethodContext:
     num_classes: int
     num_samples: int
     observed: torch.Tensor          # [N, C] int8: 1 observed positive, -1 observed negative, 0 unknown
-    args: argparse.Namespace
     device: torch.device
     amp: AmpPolicy
     image_size: int
+    config: object = None           # the method's own typed config (Method.config_class)
+    heads: HeadOptions = field(default_factory=HeadOptions)
+    lr: LearningRates = field(default_factory=LearningRates)
+    expected_positives: float = 2.0
+    seed: int = 0
+    epochs: int = 20
+    batch_size: int = 8
+    hparam_family: str = "coco"     # which published per-dataset hyper-parameter row applies
 
 
 class Method(nn.Module):
     name = "method"
-    needs_hard_view = False          # does the loader have to produce the hard-augmented view?
-    label_regimes = ("single",)      # the label regimes this method is meant for (documentation, warnings)
+    config_class: type | None = None  # dataclass of the method's options (generates its CLI flags)
+    needs_hard_view = False           # does the loader have to produce the hard-augmented view?
+    supports_feature_cache = True     # can it train from --cache-features batches (no image views)?
+    label_regimes = ("single",)       # the label regimes this method is meant for; the first is its default
 
     def __init__(self, ctx: MethodContext):
         super().__init__()
         self.ctx = ctx
+        self.config = ctx.config if ctx.config is not None else (self.config_class() if self.config_class else None)
         self.backbone = ctx.backbone
 
-    @staticmethod
-    def add_arguments(group: argparse._ArgumentGroup) -> None:
-        """Method-specific command-line flags."""
-
+    # -- hooks the loop calls -----------------------------------------------------------------
     def param_groups(self) -> list[dict]:
         raise NotImplementedError
 
     def start_epoch(self, epoch: int) -> None:
-        pass
+        """Called before the first step of `epoch` (0-based)."""
+
+    def continue_epoch(self, epoch: int, step: int) -> None:
+        """Called instead of `start_epoch` when a run resumes inside `epoch` at `step`: the state that
+        start_epoch prepared was restored from the checkpoint; set plain attributes only."""
 
     def train_step(self, batch: dict, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         """One iteration; returns detached scalar tensors for logging (no host sync required)."""
         raise NotImplementedError
 
-    supports_feature_cache = True     # can it train from --cache-features batches (no image views)?
+    def predict_batch(self, batch: dict) -> torch.Tensor:
+        if "features_low" in batch:
+            return self.predict_from_features(batch["features_low"], batch["features_high"])
+        return self.predict_logits(batch["image"])
 
+    def describe(self) -> str:
+        """One line for the run log: the method and any engine/variant it runs."""
+        return self.name
+
+    def compiled_modules(self) -> list[nn.Module]:
+        """The modules `compile()` hands to torch.compile (the trainable heads)."""
+        return []
+
+    def compile(self) -> int:
+        """torch.compile the method's heads in place (Module.compile keeps parameter names, so
+        checkpoints are unchanged; the custom ops have fake kernels for tracing)."""
+        modules = self.compiled_modules()
+        for module in modules:
+            module.compile(dynamic=False)
+        log.info("--compile: %d modules of %s compiled lazily on first use", len(modules), self.name)
+        return len(modules)
+
+    def state_dict_for_checkpoint(self) -> dict:
+        # The frozen backbone is rebuilt from its weights file; don't store 100 MB of it per checkpoint.
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not fit method {self.name}: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+
+    # -- helpers for subclasses ---------------------------------------------------------------
     def clean_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The frozen backbone's two levels of the clean view: from the feature cache when the batch
         carries them, else one backbone pass."""
@@ -69,28 +133,3 @@ class Method(nn.Module):
         with torch.no_grad(), self.ctx.amp.autocast():
             f_low, f_high = self.backbone(images)
         return self.predict_from_features(f_low, f_high)
-
-    def predict_batch(self, batch: dict) -> torch.Tensor:
-        if "features_low" in batch:
-            return self.predict_from_features(batch["features_low"], batch["features_high"])
-        return self.predict_logits(batch["image"])
-
-    def move_state_to(self, device: torch.device) -> None:
-        """Move state that is not a parameter or buffer (e.g. a prototype bank) to `device`."""
-
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        pass
-
-    def state_dict_for_checkpoint(self) -> dict:
-        # The frozen backbone is rebuilt from its weights file; don't store 100 MB of it per checkpoint.
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
-
-    def load_checkpoint_state(self, state: dict) -> None:
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("backbone.")]
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not fit method {self.name}: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")

@@ -15,6 +15,14 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+def uniform_logits(shape, width: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Logits uniform over [logit(0.5 - width), logit(0.5 + width)] (ROLE's and Scob's initialisation)."""
+    if not 0.0 < width < 0.5:
+        raise ValueError(f"init width must be in (0, 0.5), got {width}")
+    bound = _logit(0.5 + width)
+    return (2.0 * torch.rand(shape, generator=generator) - 1.0) * bound
+
+
 class LabelEstimator(nn.Module):
     INIT_LOW, INIT_HIGH, POSITIVE = 0.2, 0.8, 0.995
 
@@ -24,8 +32,7 @@ class LabelEstimator(nn.Module):
         if observed.dim() != 2:
             raise ValueError(f"LabelEstimator: observed must be [N, C], got shape {tuple(observed.shape)}")
         generator = torch.Generator().manual_seed(seed)
-        low, high = _logit(self.INIT_LOW), _logit(self.INIT_HIGH)
-        logits = torch.rand(observed.shape, generator=generator) * (high - low) + low
+        logits = uniform_logits(observed.shape, 0.5 - self.INIT_LOW, generator)
         logits[observed == 1] = _logit(self.POSITIVE)
         self.logits = nn.Parameter(logits)
 

@@ -70,8 +70,12 @@ class ScobNet(nn.Module):
         for parameter in self.momentum_parameters():
             parameter.requires_grad_(False)
 
+    def mid_heads(self):
+        """The four transformer heads (trained and momentum): what --compile compiles."""
+        return (self.head_low, self.head_high, self.momentum_low, self.momentum_high)
+
     def set_attention_backend(self, backend: str | None) -> None:
-        for head in (self.head_low, self.head_high, self.momentum_low, self.momentum_high):
+        for head in self.mid_heads():
             head.encoder.backend = backend
 
     def momentum_parameters(self):

@@ -42,16 +42,14 @@ bfloat16/float16 inputs.
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
-import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from scob_fast import _ext
+from scob_fast import env
 from scob_fast.ops._dispatch import Backend, Dispatcher
+from scob_fast.ops._kernel_op import register_kernel_op, triton_missing
 
 __all__ = ["label_contrastive_loss", "label_contrastive_loss_reference", "DISPATCHER"]
 
@@ -222,20 +220,84 @@ def label_contrastive_loss_reference(anchors: Tensor, anchor_labels: Tensor, can
 
 
 # ----------------------------------------------------------------------------------------------
+# Kernel ops: scob_fast::label_contrastive_{fwd,bwd} (C++: CPU, and CUDA in CUDA builds) and
+# scob_fast::label_contrastive_triton_{fwd,bwd} (scob_fast/kernels/label_contrastive.py). Forward
+# returns (loss [N], lse [N], count [N]): lse and count are what backward needs instead of the N x M
+# probabilities.
+# ----------------------------------------------------------------------------------------------
+
+FORWARD_SCHEMA = (
+    "(Tensor anchors, Tensor anchor_labels, Tensor candidates, Tensor candidate_labels, Tensor? class_weights, "
+    "Tensor? extra_positive, float temperature, float logit_shift, bool logit_form, bool label_positives, "
+    "bool exclude_self) -> (Tensor loss, Tensor lse, Tensor count)")
+BACKWARD_SCHEMA = (
+    "(Tensor grad_loss, Tensor anchors, Tensor anchor_labels, Tensor candidates, Tensor candidate_labels, "
+    "Tensor? class_weights, Tensor? extra_positive, Tensor lse, Tensor count, float temperature, "
+    "float logit_shift, bool logit_form, bool label_positives, bool exclude_self, bool need_anchors, "
+    "bool need_candidates, bool need_extra) -> (Tensor grad_anchors, Tensor grad_candidates, Tensor grad_extra)")
+
+
+def _acc_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _fake_forward(anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, temperature,
+                  logit_shift, logit_form, label_positives, exclude_self):
+    n = anchors.shape[0]
+    acc = _acc_dtype(anchors)
+    return anchors.new_empty(n, dtype=acc), anchors.new_empty(n, dtype=acc), anchors.new_empty(n, dtype=acc)
+
+
+def _fake_backward(grad_loss, anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive,
+                   lse, count, temperature, logit_shift, logit_form, label_positives, exclude_self, need_anchors,
+                   need_candidates, need_extra):
+    grad_a = torch.empty_like(anchors) if need_anchors else anchors.new_empty(0)
+    grad_c = torch.empty_like(candidates) if need_candidates else candidates.new_empty(0)
+    grad_e = torch.empty_like(extra_positive) if (need_extra and extra_positive is not None) else anchors.new_empty(0)
+    return grad_a, grad_c, grad_e
+
+
+def _setup_context(ctx, inputs, output):
+    (anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, temperature, logit_shift,
+     logit_form, label_positives, exclude_self) = inputs
+    _, lse, count = output
+    ctx.save_for_backward(anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, lse,
+                          count)
+    ctx.settings = (temperature, logit_shift, logit_form, label_positives, exclude_self)
+    ctx.mark_non_differentiable(lse, count)
+
+
+def _backward(backward_op, ctx, grad_loss, grad_lse, grad_count):
+    anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, lse, count = ctx.saved_tensors
+    temperature, logit_shift, logit_form, label_positives, exclude_self = ctx.settings
+    need = ctx.needs_input_grad
+    need_extra = bool(need[5]) and extra_positive is not None
+    if grad_loss is None or not (need[0] or need[2] or need_extra):
+        return (None,) * 11
+    grad_a, grad_c, grad_e = backward_op(
+        grad_loss.contiguous(), anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive,
+        lse, count, temperature, logit_shift, logit_form, label_positives, exclude_self, bool(need[0]),
+        bool(need[2]), need_extra)
+    return (grad_a if need[0] else None, None, grad_c if need[2] else None, None, None,
+            grad_e if need_extra else None) + (None,) * 5
+
+
+KERNEL = register_kernel_op(OP_NAME, forward_schema=FORWARD_SCHEMA, backward_schema=BACKWARD_SCHEMA,
+                            fake_forward=_fake_forward, fake_backward=_fake_backward,
+                            setup_context=_setup_context, backward=_backward)
+
+
+# ----------------------------------------------------------------------------------------------
 # Backends and dispatch
 # ----------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
 def _cuda_build_error() -> Optional[str]:
-    if _ext.load_error():
-        return _ext.load_error()
-    if not _ext.build_info().get("cuda"):
+    missing = KERNEL.cpp_missing()
+    if missing:
+        return missing
+    if not KERNEL.cuda:
         return "scob_fast._C was built without CUDA (CPU torch or no toolkit)"
     return None
-
-
-def _triton_installed() -> Optional[str]:
-    return None if importlib.util.find_spec("triton") is not None else "triton is not installed"
 
 
 def _refuse_cpp(*tensors) -> Optional[str]:
@@ -246,8 +308,7 @@ def _refuse_cpp(*tensors) -> Optional[str]:
 
 def _refuse_triton(*tensors) -> Optional[str]:
     device = tensors[0].device.type
-    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    if device == "cpu" and not interpreted:
+    if device == "cpu" and not env.triton_interpreting():
         return "needs CUDA tensors (CPU tensors only under TRITON_INTERPRET=1)"
     if device not in ("cpu", "cuda"):
         return f"needs CUDA tensors, got {device}"
@@ -263,120 +324,11 @@ def _refuse_cuda(*tensors) -> Optional[str]:
 
 
 DISPATCHER = Dispatcher(OP_NAME, [
-    Backend("cpp", _refuse_cpp, _ext.load_error),
-    Backend("triton", _refuse_triton, _triton_installed),
+    Backend("cpp", _refuse_cpp, KERNEL.cpp_missing),
+    Backend("triton", _refuse_triton, triton_missing),
     Backend("cuda", _refuse_cuda, _cuda_build_error),
     Backend("reference", lambda *tensors: None),
 ])
-
-
-def _kernels(backend: str):
-    """(forward, backward) with the signatures of torch.ops.scob_fast.label_contrastive_{fwd,bwd}."""
-    if backend == "triton":
-        from scob_fast.kernels import label_contrastive as triton_kernels  # imports triton: only when chosen
-        return triton_kernels.label_contrastive_fwd, triton_kernels.label_contrastive_bwd
-    if backend in ("cpp", "cuda"):
-        # One C++ op per direction; the device of the inputs picks the CPU or the CUDA body.
-        return torch.ops.scob_fast.label_contrastive_fwd, torch.ops.scob_fast.label_contrastive_bwd
-    raise ValueError(f"label_contrastive: no kernel backend named {backend!r}")
-
-
-def _acc_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-# ----------------------------------------------------------------------------------------------
-# The custom op (torch.library): forward returns (loss [N], lse [N], count [N]); lse and count are
-# what backward needs instead of the N x M probabilities.
-# ----------------------------------------------------------------------------------------------
-
-@torch.library.custom_op("scob_fast::label_contrastive", mutates_args=())
-def _label_contrastive_op(anchors: Tensor, anchor_labels: Tensor, candidates: Tensor, candidate_labels: Tensor,
-                          class_weights: Optional[Tensor], extra_positive: Optional[Tensor], temperature: float,
-                          logit_shift: float, logit_form: bool, label_positives: bool, exclude_self: bool,
-                          backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    forward, _ = _kernels(backend)
-    return forward(anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive,
-                   temperature, logit_shift, logit_form, label_positives, exclude_self)
-
-
-@_label_contrastive_op.register_fake
-def _(anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, temperature, logit_shift,
-      logit_form, label_positives, exclude_self, backend):
-    n = anchors.shape[0]
-    acc = _acc_dtype(anchors)
-    return anchors.new_empty(n, dtype=acc), anchors.new_empty(n, dtype=acc), anchors.new_empty(n, dtype=acc)
-
-
-@torch.library.custom_op("scob_fast::label_contrastive_backward", mutates_args=())
-def _label_contrastive_backward_op(grad_loss: Tensor, anchors: Tensor, anchor_labels: Tensor, candidates: Tensor,
-                                   candidate_labels: Tensor, class_weights: Optional[Tensor],
-                                   extra_positive: Optional[Tensor], lse: Tensor, count: Tensor, temperature: float,
-                                   logit_shift: float, logit_form: bool, label_positives: bool, exclude_self: bool,
-                                   need_anchors: bool, need_candidates: bool, need_extra: bool,
-                                   backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    _, backward = _kernels(backend)
-    return backward(grad_loss, anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive,
-                    lse, count, temperature, logit_shift, logit_form, label_positives, exclude_self, need_anchors,
-                    need_candidates, need_extra)
-
-
-@_label_contrastive_backward_op.register_fake
-def _(grad_loss, anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, lse, count,
-      temperature, logit_shift, logit_form, label_positives, exclude_self, need_anchors, need_candidates, need_extra,
-      backend):
-    grad_a = torch.empty_like(anchors) if need_anchors else anchors.new_empty(0)
-    grad_c = torch.empty_like(candidates) if need_candidates else candidates.new_empty(0)
-    grad_e = torch.empty_like(extra_positive) if (need_extra and extra_positive is not None) else anchors.new_empty(0)
-    return grad_a, grad_c, grad_e
-
-
-def _setup_context(ctx, inputs, output):
-    (anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, temperature, logit_shift,
-     logit_form, label_positives, exclude_self, backend) = inputs
-    _, lse, count = output
-    ctx.save_for_backward(anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, lse,
-                          count)
-    ctx.settings = (temperature, logit_shift, logit_form, label_positives, exclude_self, backend)
-    ctx.mark_non_differentiable(lse, count)
-
-
-def _backward(ctx, grad_loss, grad_lse, grad_count):
-    anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, lse, count = ctx.saved_tensors
-    temperature, logit_shift, logit_form, label_positives, exclude_self, backend = ctx.settings
-    need = ctx.needs_input_grad
-    need_extra = bool(need[5]) and extra_positive is not None
-    if grad_loss is None or not (need[0] or need[2] or need_extra):
-        return (None,) * 12
-    grad_a, grad_c, grad_e = _label_contrastive_backward_op(
-        grad_loss.contiguous(), anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive,
-        lse, count, temperature, logit_shift, logit_form, label_positives, exclude_self, bool(need[0]),
-        bool(need[2]), need_extra, backend)
-    return (grad_a if need[0] else None, None, grad_c if need[2] else None, None, None,
-            grad_e if need_extra else None) + (None,) * 6
-
-
-_label_contrastive_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-# Fake kernels for the C++ ops too, so that they can be traced (and opcheck-ed) on their own.
-if _ext.cpp_available():
-    @torch.library.register_fake("scob_fast::label_contrastive_fwd")
-    def _(anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, temperature,
-          logit_shift, logit_form, label_positives, exclude_self):
-        n = anchors.shape[0]
-        acc = _acc_dtype(anchors)
-        return anchors.new_empty(n, dtype=acc), anchors.new_empty(n, dtype=acc), anchors.new_empty(n, dtype=acc)
-
-    @torch.library.register_fake("scob_fast::label_contrastive_bwd")
-    def _(grad_loss, anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, lse, count,
-          temperature, logit_shift, logit_form, label_positives, exclude_self, need_anchors, need_candidates,
-          need_extra):
-        grad_a = torch.empty_like(anchors) if need_anchors else anchors.new_empty(0)
-        grad_c = torch.empty_like(candidates) if need_candidates else candidates.new_empty(0)
-        grad_e = (torch.empty_like(extra_positive) if (need_extra and extra_positive is not None)
-                  else anchors.new_empty(0))
-        return grad_a, grad_c, grad_e
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,8 +381,9 @@ def label_contrastive_loss(anchors: Tensor, anchor_labels: Tensor, candidates: O
         else:
             extra_logit = extra_positive.to(acc).contiguous()
     weights = class_weights.detach().contiguous() if class_weights is not None else None
-    loss, _, count = _label_contrastive_op(
+    # cpp and cuda are the same C++ op, dispatched on the tensors' device
+    loss, _, count = KERNEL.forward(chosen)(
         anchors, anchor_labels, candidates, candidate_labels, weights, extra_logit, float(temperature),
-        float(logit_shift), weight_mode == "logit", positives == "label", exclude_self, chosen)
+        float(logit_shift), weight_mode == "logit", positives == "label", exclude_self)
     out = _reduce(loss, count, reduction)
     return (out, count.long()) if return_counts else out

@@ -15,26 +15,27 @@ instead of storing an L x L mask.
 Backends (priority order; `backend=` or SCOB_FAST_MASKED_ATTENTION_BACKEND / SCOB_FAST_BACKEND force one,
 `scob_fast.ops.last_backend("masked_attention")` says which ran):
   cpp        C++ CPU kernel (csrc/masked_attention), float32 / bfloat16 / float64, CPU tensors
-  triton     Triton kernel (kernels/masked_attention.py), CUDA tensors (or CPU under TRITON_INTERPRET=1)
+  triton     Triton kernel (scob_fast/kernels/masked_attention.py), CUDA tensors (or CPU under
+             TRITON_INTERPRET=1)
   cuda       CUDA C++ kernel (csrc/masked_attention/*.cu), CUDA builds only
   reference  pure PyTorch (`masked_attention_reference`), materialises the B x H x L x L weights
   sdpa       torch's scaled_dot_product_attention with the boolean mask (what nn.MultiheadAttention
              with key_padding_mask runs), all-masked samples zeroed; never chosen automatically:
              its dropout is torch's own (same distribution, not the seeded pattern of the others).
              It is the attention of the "reference procedure + SDPA" row of bench/train_step.py.
-The cpp, cuda and triton backends have their own backward kernels, registered with
-torch.library.register_autograd, and fake kernels for torch.compile.
+The cpp, cuda and triton backends have their own backward kernels; all three are torch ops with the
+same fake kernels (torch.compile) and autograd, registered by scob_fast/ops/_kernel_op.py.
 """
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional
 
 import torch
 
-from scob_fast import _ext
+from scob_fast import env
 from scob_fast.ops._dispatch import Backend, Dispatcher
+from scob_fast.ops._kernel_op import register_kernel_op, triton_missing
 
 OP_NAME = "masked_attention"
 _FLOAT_TYPES = (torch.float32, torch.bfloat16, torch.float64)
@@ -119,7 +120,15 @@ def _kernel_ready(t: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# C++ ops (CPU, and CUDA in CUDA builds): fake kernels and autograd
+# Kernel ops: scob_fast::masked_attention_{fwd,bwd} (C++: CPU, and CUDA in CUDA builds) and
+# scob_fast::masked_attention_triton_{fwd,bwd} (scob_fast/kernels/masked_attention.py), both set up by
+# scob_fast/ops/_kernel_op.py
+
+FORWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, Tensor key_keep, float scale, float dropout_p, int seed) "
+                  "-> (Tensor out, Tensor lse)")
+BACKWARD_SCHEMA = ("(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor key_keep, Tensor out, Tensor lse, "
+                   "float scale, float dropout_p, int seed) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)")
+
 
 def _fake_forward(q, k, v, key_keep, scale, dropout_p, seed):
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -138,65 +147,21 @@ def _setup_context(ctx, inputs, output):
     ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
 
 
-def _make_backward(backward_op):
-    def backward(ctx, grad_out, grad_lse):
-        # lse is an auxiliary output saved for the backward; its gradient is ignored.
-        q, k, v, key_keep, out, lse = ctx.saved_tensors
-        grad_out = _kernel_ready(grad_out)
-        dq, dk, dv = backward_op(grad_out, q, k, v, key_keep, out, lse, ctx.scale, ctx.dropout_p, ctx.seed)
-        return dq, dk, dv, None, None, None, None
-    return backward
+def _backward(backward_op, ctx, grad_out, grad_lse):
+    # lse is an auxiliary output saved for the backward; its gradient is ignored.
+    q, k, v, key_keep, out, lse = ctx.saved_tensors
+    grad_out = _kernel_ready(grad_out)
+    dq, dk, dv = backward_op(grad_out, q, k, v, key_keep, out, lse, ctx.scale, ctx.dropout_p, ctx.seed)
+    return dq, dk, dv, None, None, None, None
 
 
-def _cpp_op_registered() -> bool:
-    return _ext.cpp_available() and hasattr(torch.ops.scob_fast, "masked_attention_fwd")
-
-
-# Decided once at import: dispatch then reads plain constants (cheap, and traceable by torch.compile).
-_CPP_OP_REGISTERED = _cpp_op_registered()
-_CUDA_KERNELS = _CPP_OP_REGISTERED and torch._C._dispatch_has_kernel_for_dispatch_key(
-    "scob_fast::masked_attention_fwd", "CUDA")
-
-if _CPP_OP_REGISTERED:
-    torch.library.register_fake("scob_fast::masked_attention_fwd")(_fake_forward)
-    torch.library.register_fake("scob_fast::masked_attention_bwd")(_fake_backward)
-    torch.library.register_autograd("scob_fast::masked_attention_fwd",
-                                    _make_backward(torch.ops.scob_fast.masked_attention_bwd),
-                                    setup_context=_setup_context)
-
-
-# --------------------------------------------------------------------------------------------
-# Triton ops (Python custom ops around kernels/masked_attention.py; triton imported on first call)
-
-@torch.library.custom_op("scob_fast::masked_attention_triton_fwd", mutates_args=())
-def _triton_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_keep: torch.Tensor, scale: float,
-                    dropout_p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from scob_fast.kernels import masked_attention as kernels
-    return kernels.forward(q, k, v, key_keep, scale, dropout_p, seed)
-
-
-@torch.library.custom_op("scob_fast::masked_attention_triton_bwd", mutates_args=())
-def _triton_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     key_keep: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, scale: float, dropout_p: float,
-                     seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from scob_fast.kernels import masked_attention as kernels
-    return kernels.backward(grad_out, q, k, v, key_keep, out, lse, scale, dropout_p, seed)
-
-
-torch.library.register_fake("scob_fast::masked_attention_triton_fwd")(_fake_forward)
-torch.library.register_fake("scob_fast::masked_attention_triton_bwd")(_fake_backward)
-torch.library.register_autograd("scob_fast::masked_attention_triton_fwd", _make_backward(_triton_backward),
-                                setup_context=_setup_context)
+KERNEL = register_kernel_op(OP_NAME, forward_schema=FORWARD_SCHEMA, backward_schema=BACKWARD_SCHEMA,
+                            fake_forward=_fake_forward, fake_backward=_fake_backward,
+                            setup_context=_setup_context, backward=_backward)
 
 
 # --------------------------------------------------------------------------------------------
 # Backends and dispatch
-
-def _cpp_installed() -> Optional[str]:
-    if _CPP_OP_REGISTERED:
-        return None
-    return _ext.load_error() or "scob_fast._C has no masked_attention kernels (rebuild it)"
-
 
 def _cpp_refuses(q, k, v, key_keep) -> Optional[str]:
     if q.device.type != "cpu":
@@ -206,22 +171,8 @@ def _cpp_refuses(q, k, v, key_keep) -> Optional[str]:
     return None
 
 
-def _triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _triton_installed() -> Optional[str]:
-    try:
-        import importlib.util
-        if importlib.util.find_spec("triton") is None:
-            return "triton is not installed"
-    except (ImportError, ValueError) as exc:
-        return f"triton is not importable ({exc})"
-    return None
-
-
 def _triton_refuses(q, k, v, key_keep) -> Optional[str]:
-    if q.device.type != "cuda" and not (q.device.type == "cpu" and _triton_interpreting()):
+    if q.device.type != "cuda" and not (q.device.type == "cpu" and env.triton_interpreting()):
         return f"needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {q.device.type}"
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return f"dtype {q.dtype} not supported (float32, bfloat16, float16)"
@@ -231,9 +182,10 @@ def _triton_refuses(q, k, v, key_keep) -> Optional[str]:
 
 
 def _cuda_installed() -> Optional[str]:
-    if not _CPP_OP_REGISTERED:
-        return _cpp_installed()
-    if not _CUDA_KERNELS:
+    missing = KERNEL.cpp_missing()
+    if missing:
+        return missing
+    if not KERNEL.cuda:
         return "scob_fast._C was built without CUDA kernels (CPU torch or SCOB_FAST_BUILD_CUDA=0)"
     return None
 
@@ -257,8 +209,8 @@ def masked_attention_sdpa(q, k, v, key_keep, scale: float, dropout_p: float = 0.
 
 
 DISPATCHER = Dispatcher(OP_NAME, [
-    Backend("cpp", _cpp_refuses, _cpp_installed),
-    Backend("triton", _triton_refuses, _triton_installed),
+    Backend("cpp", _cpp_refuses, KERNEL.cpp_missing),
+    Backend("triton", _triton_refuses, triton_missing),
     Backend("cuda", _cuda_refuses, _cuda_installed),
     Backend("reference", lambda *inputs: None),
     Backend("sdpa", lambda *inputs: None),   # after reference: only when forced
@@ -280,10 +232,8 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_keep
         return masked_attention_sdpa(q, k, v, key_keep, scale, dropout_p)
     q, k, v = _kernel_ready(q), _kernel_ready(k), _kernel_ready(v)
     dropout_p, seed = float(dropout_p), int(seed) & _MASK32
-    if chosen == "triton":
-        out, _ = torch.ops.scob_fast.masked_attention_triton_fwd(q, k, v, key_keep, scale, dropout_p, seed)
-    else:  # cpp and cuda are the same op, dispatched on the tensors' device
-        out, _ = torch.ops.scob_fast.masked_attention_fwd(q, k, v, key_keep, scale, dropout_p, seed)
+    # cpp and cuda are the same C++ op, dispatched on the tensors' device
+    out, _ = KERNEL.forward(chosen)(q, k, v, key_keep, scale, dropout_p, seed)
     return out
 
 
