@@ -158,3 +158,19 @@ def test_prototype_bank_state_round_trip_and_shape_error():
     assert torch.equal(other.features, bank.features)
     with pytest.raises(ValueError, match="features must be"):
         bank.update(torch.randn(2, 5), torch.tensor([0, 1]), torch.rand(2), torch.tensor([0, 1]))
+
+
+def test_estimator_drift_is_zero_at_start_and_measures_unknown_entries():
+    observed = torch.zeros(6, 3, dtype=torch.int8)
+    observed[:, 0] = 1
+    est = LabelEstimator(observed, seed=1)
+    index = torch.arange(6)
+    assert est.drift(index, observed > 0).item() == 0.0
+    with torch.no_grad():
+        est.logits[:, 0] += 5.0      # observed positives moving does not count
+    assert est.drift(index, observed > 0).item() == 0.0
+    with torch.no_grad():
+        est.logits[:, 1:] = 20.0     # every unknown estimate pushed to ~1
+    expected = (1.0 - torch.sigmoid(est.initial_logits[:, 1:])).mean().item()
+    assert est.drift(index, observed > 0).item() == pytest.approx(expected, rel=1e-5)
+    assert "initial_logits" not in est.state_dict()

@@ -23,6 +23,15 @@ def uniform_logits(shape, width: float, generator: torch.Generator | None = None
     return (2.0 * torch.rand(shape, generator=generator) - 1.0) * bound
 
 
+@torch.no_grad()
+def estimator_drift(logits: torch.Tensor, initial: torch.Tensor, observed_positive: torch.Tensor) -> torch.Tensor:
+    """Mean |sigmoid(logits) - sigmoid(initial)| over the entries that are not observed positives: how
+    far the estimates of the unknown labels have moved from their random start (a diagnostic)."""
+    unknown = observed_positive == 0
+    moved = (torch.sigmoid(logits.float()) - torch.sigmoid(initial.float())).abs()
+    return (moved * unknown).sum() / unknown.sum().clamp(min=1)
+
+
 class LabelEstimator(nn.Module):
     INIT_LOW, INIT_HIGH, POSITIVE = 0.2, 0.8, 0.995
 
@@ -35,6 +44,11 @@ class LabelEstimator(nn.Module):
         logits = uniform_logits(observed.shape, 0.5 - self.INIT_LOW, generator)
         logits[observed == 1] = _logit(self.POSITIVE)
         self.logits = nn.Parameter(logits)
+        # The start, kept for the drift diagnostic only: rebuilt from the seed, so not checkpointed.
+        self.register_buffer("initial_logits", logits.clone(), persistent=False)
+
+    def drift(self, index: torch.Tensor, observed_positive: torch.Tensor) -> torch.Tensor:
+        return estimator_drift(self.logits.detach()[index], self.initial_logits[index], observed_positive)
 
     @property
     def num_samples(self) -> int:

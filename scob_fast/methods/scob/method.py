@@ -179,4 +179,5 @@ class Scob(Method):
             update(zk, classes, confidence, batch["index"])
         stats["keep_low"] = keep_low.float().mean()
         stats["keep_high"] = keep_high.float().mean()
+        stats["estimator_drift"] = self.estimator.drift(batch["index"], batch["observed"] > 0)
         return stats

@@ -85,7 +85,7 @@ from torch import Tensor, nn
 
 from scob_fast.methods.losses import (estimator_pair_loss, expected_positive_penalty,
                                       expected_positive_regulariser)
-from scob_fast.models.label_estimator import uniform_logits
+from scob_fast.models.label_estimator import estimator_drift, uniform_logits
 
 __all__ = [
     "SinglePositiveLoss", "AssumeNegative", "AssumeNegativeLabelSmoothing", "WeightedAssumeNegative",
@@ -304,7 +304,13 @@ class OnlineLabelEstimation(_ColeLoss):
             init = torch.where(torch.as_tensor(observed_labels).cpu().bool(), torch.tensor(self.positive_logit), init)
             seen.fill_(True)
         self.estimator = nn.Parameter(init.to(self._device))
+        # The start, for the drift diagnostic only (not checkpointed: it is not training state).
+        self.register_buffer("initial_estimator", init.clone().to(self._device), persistent=False)
         self.register_buffer("seen", seen.to(self._device))
+
+    def drift(self, index: Tensor, observed_positive: Tensor) -> Tensor:
+        """How far the unknown entries' estimates have moved from their start (diagnostic)."""
+        return estimator_drift(self.estimator.detach()[index], self.initial_estimator[index], observed_positive)
 
     def estimates(self, index: Tensor) -> Tensor:
         """Current label estimates sigmoid(G[index]), without gradient."""

@@ -72,7 +72,10 @@ class SinglePositiveBaseline(Method):
         positives = (batch["observed"] > 0).float()
         loss = self.criterion.loss(logits.float(), positives, batch["index"], self.epoch)
         self.ctx.amp.step(loss, optimizer)
-        return {"loss": loss.detach()}
+        stats = {"loss": loss.detach()}
+        if hasattr(self.criterion, "drift"):      # ROLE: its label estimator's distance from its start
+            stats["estimator_drift"] = self.criterion.drift(batch["index"], positives)
+        return stats
 
     @torch.no_grad()
     def predict_from_features(self, f_low: torch.Tensor, f_high: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 observed_labels.npz) score every unknown training entry with the intra-image rule and the
 cross-image rule (against the checkpoint's bank) and split the scores by the hidden truth.
 
-    python -m scob_fast.methods.sst.diagnose RUN_DIR CACHE_DIR     # a --cache-features run
+    python scripts/diagnose_sst.py RUN_DIR CACHE_DIR     # a --cache-features run
 
 Reads the cached clean features of the training split (view 0); prints one line per rule."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from .losses import pair_index, pair_matrix
+from scob_fast.methods.sst.losses import pair_index, pair_matrix
 
 
 def _summary(name: str, scores: torch.Tensor, hidden_pos: torch.Tensor, hidden_neg: torch.Tensor) -> str:
