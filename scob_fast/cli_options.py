@@ -59,9 +59,10 @@ def add_options(group, cls) -> None:
         text = meta.get("help", "")
         if kind is bool:
             if field.default is True:
-                group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=True, help=text)
+                group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=True,
+                                   help=text + " (default: on)")
             else:
-                group.add_argument(flag, dest=name, action="store_true", help=text)
+                group.add_argument(flag, dest=name, action="store_true", help=text + " (default: off)")
             continue
         group.add_argument(flag, dest=name, type=kind, default=field.default, choices=meta.get("choices"),
                            metavar=meta.get("metavar"), help=text + " (default: %(default)s)")

@@ -222,3 +222,14 @@ def test_a_fresh_build_is_not_stale():
     if _ext.load_error():
         pytest.skip(_ext.load_error())
     assert _ext.stale_sources() == [], "rebuild scob_fast._C: python setup.py develop"
+
+
+def test_every_flag_has_help_that_shows_its_default():
+    from scob_fast.config import build_parser
+    parser = build_parser()
+    for action in parser._actions:
+        if action.dest in ("help", "config"):
+            continue
+        assert action.help, action.option_strings
+        text = parser._get_formatter()._expand_help(action)
+        assert "default" in text, (action.option_strings, text)
