@@ -8,16 +8,22 @@ malloc/std::vector is invisible to it, so kernels take scratch with at::empty).
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:   # the scripts run as files (python bench/x.py) and as modules
+    sys.path.insert(0, str(REPO))
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -50,15 +56,91 @@ def peak_memory_bytes(fn: Callable[[], object]) -> int:
     return peak
 
 
+# /proc/cpuinfo flags worth recording: the vector ISAs that decide which kernels (and dtypes) run fast
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+             "amx_int8", "asimd", "sve", "sve2", "bf16", "i8mm")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        # --no-optional-locks: `status` must not rewrite the index of a checkout others are working in
+        done = subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _version(distribution: str) -> str | None:
+    # the installed distribution's version, without importing it (DALI and Triton import slowly)
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "cpu model"):
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
+    """What a benchmark figure depends on, recorded in every results file: when, which commit
+    (dirty = uncommitted changes), the CPU and its vector ISA, library versions, thread counts."""
+    from scob_fast.engine.amp import cpu_bf16_support, cpu_flags
+
+    flags = cpu_flags() or frozenset()
+    native_bf16, bf16_evidence = cpu_bf16_support()
+    dali = next((v for v in map(_version, ("nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali-cuda130",
+                                           "nvidia-dali")) if v), None)
+    status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
         "machine": platform.machine(),
-        "processor": platform.processor(),
+        "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_isa": [f for f in ISA_FLAGS if f in flags],
+        "cpu_native_bf16": native_bf16,
+        "cpu_bf16_evidence": bf16_evidence,
+        "python": platform.python_version(),
         "torch": torch.__version__,
+        "triton": _version("triton"),
+        "numpy": _version("numpy"),
+        "dali": dali,
         "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "mkl_num_threads": os.environ.get("MKL_NUM_THREADS"),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+
+
+def merge_runs(runs: list[list[dict]], key: tuple[str, ...], medians: tuple[str, ...]) -> list[dict]:
+    """Rows of several whole runs of one benchmark (--runs N) as one row per case: each field in
+    `medians` (times and ratios, each ratio taken within its own run) becomes its median over the
+    runs, with the per-run values kept in `<field>_runs`."""
+    if len(runs) == 1:
+        return runs[0]
+    merged = []
+    for row in runs[0]:
+        same = [next(r for r in run if all(r[k] == row[k] for k in key)) for run in runs]
+        out = dict(row)
+        for field in medians:
+            values = [r.get(field) for r in same]
+            if all(isinstance(v, (int, float)) for v in values):
+                out[field] = statistics.median(values)
+                out[f"{field}_runs"] = values
+        merged.append(out)
+    return merged
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

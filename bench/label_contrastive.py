@@ -1,18 +1,24 @@
-"""Benchmark of label_contrastive_loss: C++ kernel vs the dense reference, measured in the same run.
+"""Benchmark of label_contrastive_loss: the op against the dense reference, measured in the same run.
 
     .venv/bin/python -m bench.label_contrastive                # N = M in {512, 4096, 16384}, D in {256, 1024}
+    .venv/bin/python -m bench.label_contrastive --quick        # N = M in {256, 512, 1024}, D in {256, 1024}
     .venv/bin/python -m bench.label_contrastive --sizes 512 --dims 256 --backends cpp,reference
 
+(The shapes live in bench/shapes.py, shared with `pytest bench --benchmark-only`.)
 Configuration: separate candidates [M, D] with labels over C = 80 classes, a C x C weight matrix
 (exp form), one extra positive logit per anchor, gradients to anchors and candidates (SADCL's
 prototype-to-sample and SupCon with weights exercise the same paths). For each shape and pass
 (forward; forward+backward) every backend reports its median time, its peak memory (tensor
 allocations seen by the profiler during one call) and its speedup / memory ratio against the
-reference. Results go to bench/results/label_contrastive.json.
+reference. Backends: auto (the op as a caller runs it, no backend forced; column `ran` says what
+its dispatch chose: dense for moderate N x M with a backward, cpp otherwise), cpp (what auto ran
+before the dense rule), dense, reference (the peer). Backends take turns call by call.
+Results go to bench/results/label_contrastive.json (or --output NAME).
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -21,14 +27,14 @@ import torch.nn.functional as F
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench._common import median_time_s, peak_memory_bytes, print_table, write_results
-else:
-    from bench._common import median_time_s, peak_memory_bytes, print_table, write_results
 
-from scob_fast.ops import last_backend
-from scob_fast.ops.label_contrastive import label_contrastive_loss
+from bench._common import merge_runs, median_time_s, peak_memory_bytes, print_table, write_results  # noqa: E402
+from bench.shapes import CONTRASTIVE_BACKENDS, CONTRASTIVE_CLASSES, contrastive_shapes  # noqa: E402
+from scob_fast.ops import last_backend  # noqa: E402
+from scob_fast.ops.label_contrastive import label_contrastive_loss  # noqa: E402
 
-COLUMNS = ["n", "m", "d", "c", "pass", "backend", "median_ms", "peak_mem_mb", "speedup", "mem_ratio"]
+COLUMNS = ["n", "m", "d", "c", "pass", "backend", "ran", "median_ms", "peak_mem_mb", "speedup", "mem_ratio"]
+BACKENDS = ("auto", "cpp", "dense", "reference", "triton", "cuda")
 
 
 def make_inputs(n: int, m: int, d: int, c: int, seed: int = 0) -> dict:
@@ -43,67 +49,106 @@ def make_inputs(n: int, m: int, d: int, c: int, seed: int = 0) -> dict:
     }
 
 
-def step(inputs: dict, backend: str, backward: bool, temperature: float) -> None:
+def step(inputs: dict, backend: str, backward: bool, temperature: float) -> str:
+    """One call (and its backward); returns the backend that ran."""
     a = inputs["anchors"].detach().requires_grad_(backward)
     c = inputs["candidates"].detach().requires_grad_(backward)
     loss = label_contrastive_loss(a, inputs["anchor_labels"], c, inputs["candidate_labels"], temperature=temperature,
                                   class_weights=inputs["class_weights"], extra_positive=inputs["extra_positive"],
-                                  backend=backend)
-    if backend != last_backend("label_contrastive"):
-        raise RuntimeError(f"asked for {backend}, ran {last_backend('label_contrastive')}")
+                                  backend=None if backend == "auto" else backend)
+    ran = last_backend("label_contrastive")
+    if backend != "auto" and backend != ran:
+        raise RuntimeError(f"asked for {backend}, ran {ran}")
     if backward:
         loss.backward()
+    return ran
+
+
+def run_grid(shapes, backends, args) -> list[dict]:
+    """One whole run over the shapes: rows of (shape, pass, backend)."""
+    rows = []
+    for n, d in shapes:
+        inputs = make_inputs(n, n, d, args.classes)
+        repeats = args.repeats or (2 if n >= 16384 else 5)
+        warmup = 0 if n >= 16384 else 1
+        for backward in (False, True):
+            samples = {b: [] for b in backends}
+            ran = {}
+            for _ in range(warmup):
+                for backend in backends:
+                    step(inputs, backend, backward, args.temperature)
+            # backends take turns call by call: a burst of outside load hits them all alike
+            for _ in range(repeats):
+                for backend in backends:
+                    holder = {}
+                    samples[backend].append(median_time_s(
+                        lambda: holder.update(ran=step(inputs, backend, backward, args.temperature)),
+                        repeats=1, warmup=0))
+                    ran[backend] = holder["ran"]
+            measured = {}
+            for backend in backends:
+                seconds = statistics.median(samples[backend])
+                peak = peak_memory_bytes(lambda: step(inputs, backend, backward, args.temperature))
+                measured[backend] = (seconds, peak)
+                print(f"n={n} d={d} {'fwd+bwd' if backward else 'fwd'} {backend} ({ran[backend]}): "
+                      f"{seconds * 1e3:.1f} ms, {peak / 2**20:.1f} MiB", flush=True)
+            ref_s, ref_peak = measured["reference"]
+            for backend, (seconds, peak) in measured.items():
+                rows.append({"n": n, "m": n, "d": d, "c": args.classes,
+                             "pass": "forward+backward" if backward else "forward", "backend": backend,
+                             "ran": ran[backend], "median_ms": seconds * 1e3, "peak_mem_mb": peak / 2**20,
+                             "speedup": ref_s / seconds, "mem_ratio": peak / ref_peak if ref_peak else None})
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 4096, 16384], help="N = M values")
-    parser.add_argument("--dims", type=int, nargs="+", default=[256, 1024], help="D values")
-    parser.add_argument("--classes", type=int, default=80)
-    parser.add_argument("--backends", default="cpp,reference", help="comma-separated; 'reference' is the baseline")
+    parser.add_argument("--quick", action="store_true", help="N = M in {256, 512, 1024}, D in {256, 1024}")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="N = M values (default: bench/shapes.py)")
+    parser.add_argument("--dims", type=int, nargs="+", default=None, help="D values (default: bench/shapes.py)")
+    parser.add_argument("--classes", type=int, default=CONTRASTIVE_CLASSES)
+    parser.add_argument("--backends", default=",".join(CONTRASTIVE_BACKENDS),
+                        help="comma-separated from " + ",".join(BACKENDS) + "; 'reference' is the baseline")
     parser.add_argument("--temperature", type=float, default=0.2)
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls per measurement (default 5, or 2 at N >= 16384)")
-    parser.add_argument("--output", default="label_contrastive", help="results name under bench/results/")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="whole runs; each row then holds the median over runs of its time and ratios")
+    parser.add_argument("--output", default=None,
+                        help="results name under bench/results/ (default: label_contrastive[_quick])")
     args = parser.parse_args()
     backends = args.backends.split(",")
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        parser.error(f"--backends: unknown {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
     if "reference" not in backends:
         backends.append("reference")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    shapes = contrastive_shapes(args.quick)
+    if args.sizes or args.dims:
+        sizes = args.sizes or sorted({n for n, _ in shapes})
+        dims = args.dims or sorted({d for _, d in shapes})
+        shapes = [(n, d) for d in dims for n in sizes]
 
-    rows = []
-    for d in args.dims:
-        for n in args.sizes:
-            inputs = make_inputs(n, n, d, args.classes)
-            repeats = args.repeats or (2 if n >= 16384 else 5)
-            warmup = 0 if n >= 16384 else 1
-            for backward in (False, True):
-                measured = {}
-                for backend in backends:
-                    fn = lambda: step(inputs, backend, backward, args.temperature)  # noqa: E731
-                    seconds = median_time_s(fn, repeats=repeats, warmup=warmup)
-                    peak = peak_memory_bytes(fn)
-                    measured[backend] = (seconds, peak)
-                    print(f"n={n} d={d} {'fwd+bwd' if backward else 'fwd'} {backend}: {seconds * 1e3:.1f} ms, "
-                          f"{peak / 2**20:.1f} MiB", flush=True)
-                ref_s, ref_peak = measured["reference"]
-                for backend, (seconds, peak) in measured.items():
-                    rows.append({"n": n, "m": n, "d": d, "c": args.classes,
-                                 "pass": "forward+backward" if backward else "forward", "backend": backend,
-                                 "median_ms": seconds * 1e3, "peak_mem_mb": peak / 2**20,
-                                 "speedup": ref_s / seconds, "mem_ratio": peak / ref_peak if ref_peak else None})
+    if args.runs < 1:
+        parser.error(f"--runs must be >= 1, got {args.runs}")
+    runs = [run_grid(shapes, backends, args) for _ in range(args.runs)]
+    rows = merge_runs(runs, ("n", "d", "pass", "backend"), ("median_ms", "peak_mem_mb", "speedup", "mem_ratio"))
     print_table(rows, COLUMNS)
-    goal = [r for r in rows if r["n"] == 16384 and r["d"] == 256 and r["pass"] == "forward+backward"
-            and r["backend"] == "cpp"]
     extra = {"config": "candidates + labels (C classes), C x C exp-form weights, extra positive logit, "
                        "gradients to anchors and candidates",
-             "temperature": args.temperature}
+             "temperature": args.temperature, "quick": args.quick, "runs": args.runs, "command": " ".join(sys.argv)}
+    goal = [r for r in rows if r["n"] == 16384 and r["d"] == 256 and r["pass"] == "forward+backward"
+            and r["backend"] == "cpp"]
     if goal:
         met = goal[0]["speedup"] >= 1.5 and goal[0]["mem_ratio"] <= 0.10
         extra["goal"] = {"n": 16384, "d": 256, "speedup": goal[0]["speedup"], "mem_ratio": goal[0]["mem_ratio"],
                          "met": met, "target": "speedup >= 1.5 and mem_ratio <= 0.10 (forward+backward)"}
         print(f"goal (N=16384, D=256, fwd+bwd: >= 1.5x faster, <= 10% memory): "
               f"{goal[0]['speedup']:.2f}x, {goal[0]['mem_ratio'] * 100:.1f}% -> {'met' if met else 'NOT met'}")
-    write_results(args.output, rows, extra)
+    name = args.output or ("label_contrastive_quick" if args.quick else "label_contrastive")
+    write_results(name, rows, extra)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,23 @@
-"""Masked attention at Scob's shapes: the C++ kernel against PyTorch, all measured in the same run.
+"""Masked attention at Scob's shapes: the op against PyTorch, all measured in the same run.
 
     python bench/masked_attention.py            # B in {8, 32}, H=8, D=64, L in {196, 784}, keep in {0.3, 0.5, 1.0}
-    python bench/masked_attention.py --quick    # B=8, L=784 only
+    python bench/masked_attention.py --quick    # B=8, L in {196, 784}, keep in {0.3, 1.0}; auto, cpp, sdpa_mask
 
+(The shapes live in bench/shapes.py, shared with `pytest bench --benchmark-only`.)
 Methods (float32, CPU):
-  cpp           scob_fast masked_attention, backend="cpp"
+  auto          scob_fast masked_attention as a caller runs it (no backend forced): row `ran` says
+                which backend its dispatch chose (sdpa for forward-only calls that mask no key)
+  cpp           scob_fast masked_attention, backend="cpp" (what auto ran before that rule)
   reference     masked_attention_reference (dense masked softmax; the op's definition)
-  sdpa_mask     F.scaled_dot_product_attention with the same boolean key mask
+  sdpa_mask     F.scaled_dot_product_attention with the same boolean key mask (the peer)
   gather_sdpa   the smart pure-PyTorch peer: gather each sample's kept keys (padded to the batch's
                 largest count, padding masked) and call SDPA on them
 Methods take turns call by call (this machine is shared; a burst of outside load then hits all of
-them alike). Rows: pass ("fwd" without autograd, "fwd+bwd" with the three input gradients), median_ms,
-peak_mem_mb (fwd+bwd rows: peak of torch-allocated bytes during the call, inputs excluded),
-speedup (reference time / this time) and vs_sdpa (sdpa_mask time / this time).
-Writes bench/results/masked_attention.json.
+them alike), for at least --repeats rounds and more while a shape's rounds stay under 3 s.
+Rows: pass ("fwd" without autograd, "fwd+bwd" with the three input gradients), median_ms,
+peak_mem_mb (peak of torch-allocated bytes during the call, inputs excluded), speedup (reference
+time / this time, when the reference ran) and vs_sdpa (sdpa_mask time / this time).
+Writes bench/results/masked_attention.json (or --output NAME).
 """
 from __future__ import annotations
 
@@ -21,14 +25,21 @@ import argparse
 import os
 import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import median_time_s, peak_memory_bytes, print_table, write_results  # noqa: E402
+from bench._common import merge_runs, median_time_s, peak_memory_bytes, print_table, write_results  # noqa: E402
+from bench.shapes import (ATTENTION_HEAD_DIM, ATTENTION_HEADS, ATTENTION_METHODS_FULL,  # noqa: E402
+                          ATTENTION_METHODS_QUICK, attention_shapes)
+from scob_fast.ops import last_backend  # noqa: E402
 from scob_fast.ops.masked_attention import masked_attention, masked_attention_reference  # noqa: E402
+
+PASSES = ("fwd", "fwd+bwd")
+ROUND_BUDGET_S = 3.0   # per shape and pass: keep adding rounds of calls while under this
 
 
 def sdpa_mask(q, k, v, keep):
@@ -48,6 +59,7 @@ def gather_sdpa(q, k, v, keep):
 
 
 METHODS = {
+    "auto": lambda q, k, v, keep: masked_attention(q, k, v, keep),
     "cpp": lambda q, k, v, keep: masked_attention(q, k, v, keep, backend="cpp"),
     "reference": masked_attention_reference,
     "sdpa_mask": sdpa_mask,
@@ -58,13 +70,17 @@ METHODS = {
 def make_inputs(B, H, L, D, keep_fraction, seed=0):
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(B, H, L, D, generator=g) for _ in range(3))
-    keep = torch.rand(B, L, generator=g) < keep_fraction
-    keep[:, 0] = True  # SDPA would give NaN for a sample that keeps nothing
+    if keep_fraction >= 1.0:
+        keep = torch.ones(B, L, dtype=torch.bool)   # no key masked
+    else:
+        keep = torch.rand(B, L, generator=g) < keep_fraction
+        keep[:, 0] = True  # SDPA would give NaN for a sample that keeps nothing
     return q, k, v, keep, torch.randn(B, H, L, D, generator=g)
 
 
-def bench_config(B, H, L, D, keep_fraction, repeats, methods):
-    q, k, v, keep, grad = make_inputs(B, H, L, D, keep_fraction)
+def make_calls(B, L, keep_fraction, methods) -> tuple[dict, torch.Tensor]:
+    """{method: {pass: zero-argument call}} on one set of inputs (also what bench/test_kernels.py times)."""
+    q, k, v, keep, grad = make_inputs(B, ATTENTION_HEADS, L, ATTENTION_HEAD_DIM, keep_fraction)
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
     calls = {}
     for name in methods:
@@ -78,21 +94,33 @@ def bench_config(B, H, L, D, keep_fraction, repeats, methods):
             torch.autograd.grad(fn(qg, kg, vg, keep), (qg, kg, vg), grad)
 
         calls[name] = {"fwd": forward, "fwd+bwd": forward_backward}
+    return calls, keep
+
+
+def bench_config(B, L, keep_fraction, repeats, methods):
+    calls, keep = make_calls(B, L, keep_fraction, methods)
     rows = []
-    for pass_name in ("fwd", "fwd+bwd"):
+    for pass_name in PASSES:
         # Methods take turns call by call, so a burst of load from other processes on this shared
         # machine hits them all alike instead of whichever happened to be running.
         samples = {name: [] for name in methods}
+        ran = {}   # the backend each scob_fast method's dispatch chose (None for the PyTorch peers)
         for name in methods:
             calls[name][pass_name]()  # warm-up
-        for _ in range(repeats):
+        start = time.perf_counter()
+        rounds = 0
+        # at least `repeats` rounds, more (up to 8x) while they take under ROUND_BUDGET_S: cheap shapes
+        # get enough samples for their median to mean something on a noisy machine
+        while rounds < repeats or (time.perf_counter() - start < ROUND_BUDGET_S and rounds < 8 * repeats):
             for name in methods:
                 samples[name].append(median_time_s(calls[name][pass_name], repeats=1, warmup=0))
+                ran[name] = last_backend("masked_attention") if name in ("auto", "cpp") else None
+            rounds += 1
         for name in methods:
             peak = peak_memory_bytes(calls[name][pass_name])
-            rows.append(dict(B=B, H=H, L=L, D=D, keep=keep_fraction, kept_max=int(keep.sum(1).max()),
-                             pass_=pass_name, backend=name, median_ms=statistics.median(samples[name]) * 1e3,
-                             peak_mem_mb=peak / 2 ** 20))
+            rows.append(dict(B=B, H=ATTENTION_HEADS, L=L, D=ATTENTION_HEAD_DIM, keep=keep_fraction,
+                             kept_max=int(keep.sum(1).max()), pass_=pass_name, backend=name, ran=ran[name],
+                             median_ms=statistics.median(samples[name]) * 1e3, peak_mem_mb=peak / 2 ** 20))
     for row in rows:
         same = {r["backend"]: r["median_ms"] for r in rows if r["pass_"] == row["pass_"]}
         row["speedup"] = same["reference"] / row["median_ms"] if "reference" in same else None
@@ -100,29 +128,50 @@ def bench_config(B, H, L, D, keep_fraction, repeats, methods):
     return rows
 
 
+COLUMNS = ["B", "L", "keep", "pass_", "backend", "ran", "median_ms", "peak_mem_mb", "speedup", "vs_sdpa"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="B=8, L=784 only")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--quick", action="store_true", help="B=8, keep in {0.3, 1.0}; methods auto, cpp, sdpa_mask")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per method (default 5; --quick 3)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated subset of " + ",".join(METHODS) + " (default: all; --quick: "
+                             + ",".join(ATTENTION_METHODS_QUICK) + ")")
+    parser.add_argument("--output", default=None,
+                        help="results name under bench/results/ (default: masked_attention[_quick])")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="whole runs; each row then holds the median over runs of its time and ratios")
     parser.add_argument("--no-write", action="store_true", help="print only (for tuning runs)")
     args = parser.parse_args()
-    methods = args.methods.split(",")
-    batches, lengths = ([8], [784]) if args.quick else ([8, 32], [196, 784])
-    rows = []
-    for B in batches:
-        for L in lengths:
-            for keep_fraction in (0.3, 0.5, 1.0):
-                new = bench_config(B, 8, L, 64, keep_fraction, args.repeats, methods)
-                print_table(new, ["B", "L", "keep", "pass_", "backend", "median_ms", "peak_mem_mb", "speedup", "vs_sdpa"])
-                rows += new
-    for row in rows:
-        row["pass"] = row.pop("pass_")
-    print("\nsummary (fwd+bwd, ms):")
-    print_table([r for r in rows if r["pass"] == "fwd+bwd"],
-                ["B", "L", "keep", "backend", "median_ms", "peak_mem_mb", "speedup", "vs_sdpa"])
+    methods = (args.methods.split(",") if args.methods
+               else list(ATTENTION_METHODS_QUICK if args.quick else ATTENTION_METHODS_FULL))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.runs < 1:
+        parser.error(f"--runs must be >= 1, got {args.runs}")
+    repeats = args.repeats or (3 if args.quick else 5)
+    runs = []
+    for run in range(args.runs):
+        rows = []
+        for B, L, keep_fraction in attention_shapes(args.quick):
+            new = bench_config(B, L, keep_fraction, repeats, methods)
+            print_table(new, COLUMNS)
+            rows += new
+        for row in rows:
+            row["pass"] = row.pop("pass_")
+        runs.append(rows)
+    rows = merge_runs(runs, ("B", "L", "keep", "pass", "backend"), ("median_ms", "peak_mem_mb", "speedup", "vs_sdpa"))
+    print("\nsummary (ms):")
+    print_table(rows, ["B", "L", "keep", "pass", "backend", "ran", "median_ms", "speedup", "vs_sdpa"])
     if not args.no_write:
-        write_results("masked_attention", rows, extra={"dtype": "float32", "H": 8, "D": 64})
+        name = args.output or ("masked_attention_quick" if args.quick else "masked_attention")
+        write_results(name, rows, extra={"dtype": "float32", "H": ATTENTION_HEADS, "D": ATTENTION_HEAD_DIM,
+                                         "quick": args.quick, "repeats": repeats, "runs": args.runs,
+                                         "command": " ".join(sys.argv)})
 
 
 if __name__ == "__main__":

@@ -109,11 +109,12 @@ def _per_image_ms(fn, count: int, repeats: int = 3) -> float:
 
 def stage_breakdown(paths: list[str], size: int, batch: int = 16) -> list[dict]:
     """Single-thread ms/image of each stage, to explain the ratio: PIL stage by stage; DALI as
-    cumulative pipelines (decode; + resize; + both normalisations; + the hard view) whose
-    differences are the stages."""
+    cumulative pipelines (decode; + resize; + both normalisations) whose differences are the stages.
+    Both loaders make the hard view with the same torch function (augment.hard_view_from_uint8), so
+    its figure is that function's, in both columns."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from scob_fast.data.augment import hard_pil, normalise, sample_hard_params
+    from scob_fast.data.augment import hard_view_from_uint8, normalise, sample_hard_params
     from scob_fast.data.images import decode_pil
 
     import torch
@@ -124,7 +125,8 @@ def stage_breakdown(paths: list[str], size: int, batch: int = 16) -> list[dict]:
     decoded = [decode_pil(e) for e in encoded]
     resized = [im.resize((size, size), Image.BILINEAR) for im in decoded]
     params = sample_hard_params(np.random.default_rng(0), batch)
-    order = ("brightness", "contrast", "saturation", "hue", "sigma")
+    u8 = torch.from_numpy(np.stack([np.asarray(r) for r in resized])).permute(0, 3, 1, 2)
+    hard_ms = _per_image_ms(lambda: hard_view_from_uint8(u8, params, (0.5,) * 3, (0.5,) * 3, torch.float32), batch)
 
     def pil_norm():
         for _ in range(2):
@@ -134,8 +136,7 @@ def stage_breakdown(paths: list[str], size: int, batch: int = 16) -> list[dict]:
     pil = {
         "decode": _per_image_ms(lambda: [decode_pil(e) for e in encoded], batch),
         "resize": _per_image_ms(lambda: [im.resize((size, size), Image.BILINEAR) for im in decoded], batch),
-        "hard view": _per_image_ms(lambda: [hard_pil(r, *(float(params[k][j]) for k in order))
-                                           for j, r in enumerate(resized)], batch),
+        "hard view": hard_ms,
         "normalise x2": _per_image_ms(pil_norm, batch),
     }
 
@@ -150,22 +151,14 @@ def stage_breakdown(paths: list[str], size: int, batch: int = 16) -> list[dict]:
             if stage == 1:
                 return x
             norm = dict(dtype=types.FLOAT, output_layout="CHW", mean=[128.0] * 3, std=[64.0] * 3)
-            if stage == 2:
-                return fn.crop_mirror_normalize(x, **norm), fn.crop_mirror_normalize(x, **norm)
-            h = fn.color_twist(x, brightness=1.2, contrast=0.8, saturation=0.5, hue=20.0)
-            h = fn.gaussian_blur(h, window_size=3, sigma=1.5)
-            return fn.crop_mirror_normalize(x, **norm), fn.crop_mirror_normalize(h, **norm)
+            return fn.crop_mirror_normalize(x, **norm), fn.crop_mirror_normalize(x, **norm)
 
         p = pipe()
         p.build()
         return _per_image_ms(p.run, batch)
 
-    d = [dali_ms(k) for k in range(4)]
-    # the full DALI hard view above twists and blurs every image; the loader's conditionals only
-    # route ~44% / 20% of them there, so scale that stage for a like-for-like figure
-    hard_share = 1 - 0.7 * 0.8 + 0.2
-    dali = {"decode": d[0], "resize": d[1] - d[0], "normalise x2": d[2] - d[1],
-            "hard view": (d[3] - d[2]) * hard_share / 2}
+    d = [dali_ms(k) for k in range(3)]
+    dali = {"decode": d[0], "resize": d[1] - d[0], "normalise x2": d[2] - d[1], "hard view": hard_ms}
     return [{"stage": k, "pil_ms_per_image": pil[k], "dali_ms_per_image": dali[k]} for k in pil]
 
 

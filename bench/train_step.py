@@ -8,8 +8,23 @@ and `fast`. `speedup` is against `reference`, `vs_sdpa_procedure` against `refer
     python bench/train_step.py [--image-size 128 --batch-size 16 --steps 6]
 
 Both engines start from the same weights and see the same batches in the same run; float32 and
---amp (bfloat16 autocast on CPU) are both measured. Per-phase time (summed over the timed steps)
-shows where each engine spends it. Writes bench/results/train_step.json.
+--amp (bfloat16 autocast on CPU where the CPU has bfloat16 instructions, else float32: column
+`precision`; `amp_speedup` on the float32 rows is --amp's images/s ratio) are both measured. Per-phase
+time (summed over the timed steps) shows where each engine spends it. Writes
+bench/results/train_step.json.
+
+`--backbone-training` instead measures what training the backbone costs: the AN baseline's step
+(default `--head linear`, the published baselines' model) with the backbone frozen (`none`), its
+layer4 trained and all of it trained (`--train-modes none,layer4,all`, `--bn-mode`), same weights
+and batches in the same run, random backbone weights (`pretrained=False`; Lite0: its packaged
+ones). `--peak-rss` runs each mode in a fresh process and adds its peak resident memory
+(ru_maxrss, everything the process held: weights, activations, optimiser state, allocator slack).
+
+    python bench/train_step.py --backbone-training --backbone resnet50 --image-size 128 --batch-size 8
+    python bench/train_step.py --backbone-training --backbone resnet101 --image-size 448 --batch-size 8 \
+        --train-modes all --steps 1 --warmup 1 --peak-rss
+
+Writes bench/results/train_step_backbone.json (or --results NAME).
 """
 from __future__ import annotations
 
@@ -26,7 +41,73 @@ from bench._common import print_table, write_results  # noqa: E402
 from scob_fast.engine.amp import AmpPolicy  # noqa: E402
 from scob_fast.methods.base import HeadOptions, LearningRates, MethodContext  # noqa: E402
 from scob_fast.methods.scob import Scob, ScobConfig  # noqa: E402
+from scob_fast.methods.single_positive import AN, BaselineConfig  # noqa: E402
 from scob_fast.models.backbone import build_backbone  # noqa: E402
+
+
+def backbone_training_step_rate(args, mode: str) -> dict:
+    """images/s (and, in a child process, peak RSS) of AN's training step with `--train-backbone mode`."""
+    import resource
+    torch.manual_seed(0)
+    backbone = build_backbone(args.backbone, pretrained=args.backbone == "efficientnet_lite0", train_from=mode,
+                              bn_mode=args.bn_mode if mode != "none" else "frozen").use_channels_last()
+    observed = torch.zeros(args.samples, args.classes, dtype=torch.int8)
+    observed[torch.arange(args.samples), torch.arange(args.samples) % args.classes] = 1
+    ctx = MethodContext(backbone=backbone, num_classes=args.classes, num_samples=args.samples, observed=observed,
+                        config=BaselineConfig(head=args.head), device=torch.device("cpu"),
+                        amp=AmpPolicy("cpu", args.amp), image_size=args.image_size,
+                        heads=HeadOptions(dim=args.dim, ffn=args.ffn, dropout=0.1), lr=LearningRates(),
+                        expected_positives=2.5, seed=0)
+    torch.manual_seed(0)
+    method = AN(ctx)
+    optimizer = torch.optim.Adam(method.param_groups() + backbone.param_groups(1e-5))
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(args.steps + args.warmup):
+        index = torch.randperm(args.samples, generator=g)[:args.batch_size]
+        batches.append({"image": torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g),
+                        "observed": observed[index].float(), "index": index})
+    method.train()
+    method.start_epoch(0)
+    for batch in batches[:args.warmup]:
+        method.train_step(dict(batch), optimizer)
+    start = time.perf_counter()
+    for batch in batches[args.warmup:]:
+        method.train_step(dict(batch), optimizer)
+    elapsed = time.perf_counter() - start
+    row = {"train_backbone": mode, "bn_mode": args.bn_mode if mode != "none" else "frozen", "backbone": args.backbone,
+           "head": args.head, "amp": args.amp, "image_size": args.image_size, "batch_size": args.batch_size,
+           "trainable_backbone_params": sum(p.numel() for p in backbone.trainable_parameters()),
+           "images_per_s": args.steps * args.batch_size / elapsed, "ms_per_step": 1000 * elapsed / args.steps}
+    row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # kB on Linux
+    return row
+
+
+def backbone_training(args) -> None:
+    import json
+    import subprocess
+    rows = []
+    for mode in args.train_modes.split(","):
+        if args.peak_rss:
+            # A fresh process per mode, so that ru_maxrss is that mode's own high-water mark.
+            argv = [a for a in sys.argv[1:] if a != "--peak-rss"]
+            argv = [a for i, a in enumerate(argv) if a != "--train-modes" and (i == 0 or argv[i - 1] != "--train-modes")]
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--train-modes", mode,
+                                  "--child"], check=True, capture_output=True, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+        else:
+            rows.append(backbone_training_step_rate(args, mode))
+    if args.child:
+        print(json.dumps(rows[0]))
+        return
+    frozen = next((r["images_per_s"] for r in rows if r["train_backbone"] == "none"), None)
+    for row in rows:
+        row["vs_frozen"] = row["images_per_s"] / frozen if frozen else None
+        if not args.peak_rss:
+            row.pop("peak_rss_gib")   # one process for every mode: not a per-mode figure
+    columns = ["train_backbone", "bn_mode", "trainable_backbone_params", "images_per_s", "ms_per_step", "vs_frozen"]
+    print_table(rows, columns + (["peak_rss_gib"] if args.peak_rss else []))
+    write_results(args.results or "train_step_backbone", rows, {"command": " ".join(sys.argv)})
 
 
 def make_method(engine, backbone, observed, args, amp):
@@ -49,7 +130,19 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--steps", type=int, default=6, help="timed steps per engine (after 2 warm-up steps)")
     p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--backbone-training", action="store_true", help="frozen vs trainable backbone (see above)")
+    p.add_argument("--train-modes", default="none,layer4,all", help="--backbone-training: the --train-backbone values")
+    p.add_argument("--bn-mode", default="train", choices=("frozen", "train"))
+    p.add_argument("--head", default="linear", choices=("linear", "two-level"))
+    p.add_argument("--amp", action="store_true", help="--backbone-training: bfloat16 autocast")
+    p.add_argument("--warmup", type=int, default=2, help="--backbone-training: untimed steps first")
+    p.add_argument("--peak-rss", action="store_true", help="--backbone-training: each mode in its own process")
+    p.add_argument("--results", default=None, help="--backbone-training: results file name")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.backbone_training:
+        backbone_training(args)
+        return
 
     backbone = build_backbone(args.backbone, pretrained=args.backbone == "efficientnet_lite0").use_channels_last()
     observed = torch.zeros(args.samples, args.classes, dtype=torch.int8)
@@ -84,7 +177,10 @@ def main() -> None:
                 reference_rate = rate
             if engine == "reference+sdpa":
                 sdpa_rate = rate
-            row = {"engine": engine, "amp": amp, "image_size": args.image_size, "batch_size": args.batch_size,
+            policy = method.ctx.amp
+            # what --amp ran: bfloat16 autocast only where the CPU has bfloat16 (engine/amp.py)
+            row = {"engine": engine, "amp": amp, "precision": "bfloat16" if policy.enabled else "float32",
+                   "image_size": args.image_size, "batch_size": args.batch_size,
                    "dim": args.dim, "backbone": args.backbone, "images_per_s": rate,
                    "median_ms": 1000 * elapsed / args.steps, "speedup": rate / reference_rate,
                    "vs_sdpa_procedure": rate / sdpa_rate if sdpa_rate else None}
@@ -92,7 +188,13 @@ def main() -> None:
                 row[f"{phase}_ms_per_step"] = 1000 * seconds / args.steps
             rows.append(row)
     phases = sorted({k for r in rows for k in r if k.endswith("_ms_per_step")})
-    print_table(rows, ["engine", "amp", "images_per_s", "speedup", "vs_sdpa_procedure", *phases])
+    print_table(rows, ["engine", "amp", "precision", "images_per_s", "speedup", "vs_sdpa_procedure", *phases])
+    amp_rate = {r["engine"]: r["images_per_s"] for r in rows if r["amp"]}
+    for row in rows:
+        if not row["amp"]:   # --amp's effect on the same engine, same run (> 1: --amp is faster)
+            row["amp_speedup"] = amp_rate[row["engine"]] / row["images_per_s"]
+    print("--amp vs float32, images/s ratio: " + ", ".join(f"{r['engine']} {r['amp_speedup']:.2f}x"
+                                                           for r in rows if "amp_speedup" in r))
     write_results("train_step", rows, {"command": " ".join(sys.argv)})
 
 

@@ -8,6 +8,7 @@ default (scob_fast.data.registry), then the generic one.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,9 @@ from scob_fast.data.labels import parse_regime
 from scob_fast.data.protocols import PROTOCOL_NAMES
 from scob_fast.data.registry import GENERIC_DEFAULTS, dataset_names, dataset_spec
 from scob_fast.methods import METHODS, config_classes, method_class
+from scob_fast.engine.metrics import AP_MODES, SELECTION_MODES
 from scob_fast.methods.base import HeadOptions, LearningRates
+from scob_fast.models.backbone import BN_MODES, SPECS, TRAIN_FROM_CHOICES
 from scob_fast.reporting.options import ReportOptions
 
 
@@ -30,7 +33,8 @@ class DataOptions:
     dataset: str = option("demo", "dataset name", choices=tuple(dataset_names()))
     data_root: str | None = option(None, "dataset directory in its official layout (demo: generated cache)")
     labels: str | None = option(None, "label regime: full, single, partial:P (default: the method's own regime)")
-    demo_images: int = option(2000, "demo only: generated train2014 images (val2014 gets 30%% as many)")
+    demo_images: int | None = option(None, "demo and demo-coco: generated train2014 images (val2014 gets 30%% as "
+                                     "many); default 2000 (demo), 3000 (demo-coco)")
     label_seed: int | None = option(None, "seed of the observed-label draw (default: the protocol's own: cole 1200, "
                                     "scob 114514; partial:P 0)")
     protocol: str = option("cole", "evaluation protocol as its public code runs it: splits, row order and label "
@@ -58,9 +62,19 @@ class DataOptions:
 @dataclass
 class ModelOptions:
     method: str = option("scob", "training method", choices=tuple(sorted(METHODS)))
-    backbone: str | None = option(None, "frozen backbone (default: resnet50 if --backbone-weights is given, else "
-                                  "efficientnet_lite0)", choices=("efficientnet_lite0", "resnet50"))
-    backbone_weights: str | None = option(None, "state-dict file of the backbone (torchvision's resnet50-*.pth works)")
+    backbone: str | None = option(None, "backbone (default: resnet50 if --backbone-weights is given, else "
+                                  "efficientnet_lite0)", choices=tuple(sorted(SPECS)))
+    backbone_weights: str | None = option(None, "state-dict file of the backbone (torchvision's resnet50-*.pth and "
+                                          "resnet101-*.pth load strictly)")
+    train_backbone: str = option("none", "which backbone stages train: that stage and every later one (stages "
+                                 "stem, layer1..layer4; 'all' from the stem on); 'none' keeps the whole backbone "
+                                 "frozen, its BatchNorm folded", choices=TRAIN_FROM_CHOICES)
+    bn_mode: str = option("frozen", "BatchNorm of the trainable stages: frozen (eval mode, weight and bias fixed, as "
+                          "FrozenBatchNorm2d) or train (batch statistics, running statistics updated, weight and "
+                          "bias learned)", choices=BN_MODES)
+    init_from: str | None = option(None, "start from the model weights of another run's checkpoint (heads, label "
+                                   "estimator, trained backbone stages), e.g. the best.pth of a linear stage (Cole "
+                                   "et al.'s linear_init); optimiser, schedule and epochs start fresh")
     dim: int | None = option(None, "head width d (two levels of d/2); default 1024, demo 256")
     ffn: int | None = option(None, "transformer FFN width; default 2048, demo 512")
     dropout: float = option(0.1, "dropout in the heads")
@@ -75,6 +89,8 @@ class OptimOptions:
     lr_projector: float = option(1e-2, "learning rate of the contrastive projector")
     lr_classifier: float = option(1e-3, "learning rate of the classifier")
     lr_estimator: float = option(1e-2, "learning rate of the label estimator (ROLE/Scob)")
+    lr_backbone: float = option(1e-5, "learning rate of the trainable backbone stages (--train-backbone), their "
+                                "own optimiser group")
     lr_step: int | None = option(None, "StepLR step in epochs (x0.1; default 16)")
     weight_decay: float = option(0.0, "Adam weight decay (L2, as torch.optim.Adam applies it) of every group "
                                  "that does not set its own")
@@ -104,6 +120,13 @@ class RunOptions:
                                       "loss or gradient (each is skipped)")
     map_empty_class: str = option("exclude", "how a class without positives in the evaluated split enters mAP",
                                   choices=("exclude", "zero"))
+    select: str = option("val", "which epoch's weights are the result: val (the best held-out val mAP, the honest "
+                         "default) or test-best-epoch (the epoch with the best mAP on the test split itself, as the "
+                         "public Scob, SST and SADCL codes report it; test is then evaluated every epoch)",
+                         choices=SELECTION_MODES)
+    ap: str = option("sklearn", "per-class average precision: sklearn (scikit-learn's average_precision_score) or "
+                     "voc-interpolated (all-point interpolated AP, VOC 2010-2012 style, as SST's "
+                     "utils/metrics.py Compute_mAP_VOC2012)", choices=AP_MODES)
     max_steps: int | None = option(None, "stop each epoch after this many steps (smoke tests)")
     quiet: bool = option(False, "no progress bar")
     debug: bool = option(False, "show the full traceback of an error instead of its one-line message")
@@ -210,7 +233,7 @@ def _check_ranges(config: "TrainConfig", parser: argparse.ArgumentParser) -> Non
     need(o.epochs >= 1, f"--epochs must be >= 1, got {o.epochs}")
     need(o.batch_size >= 1, f"--batch-size must be >= 1, got {o.batch_size}")
     need(o.lr_step >= 1, f"--lr-step must be >= 1, got {o.lr_step}")
-    for name in ("lr_linear", "lr_transformer", "lr_projector", "lr_classifier", "lr_estimator"):
+    for name in ("lr_linear", "lr_transformer", "lr_projector", "lr_classifier", "lr_estimator", "lr_backbone"):
         value = getattr(o, name)
         need(value >= 0 and value == value and value != float("inf"),
              f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
@@ -220,7 +243,7 @@ def _check_ranges(config: "TrainConfig", parser: argparse.ArgumentParser) -> Non
          f"--image-size must be a multiple of 32 in [32, 4096] (the backbone's stride), got {d.image_size}")
     need(d.workers >= 0, f"--workers must be >= 0, got {d.workers}")
     need(d.max_image_pixels >= 1, f"--max-image-pixels must be >= 1, got {d.max_image_pixels}")
-    need(d.demo_images >= 10, f"--demo-images must be >= 10, got {d.demo_images}")
+    need(d.demo_images is None or d.demo_images >= 10, f"--demo-images must be >= 10, got {d.demo_images}")
     need(m.dim >= 16 and m.dim % 16 == 0, f"--dim must be a positive multiple of 16 (two levels x 8 heads), "
          f"got {m.dim}")
     need(m.ffn >= 1, f"--ffn must be >= 1, got {m.ffn}")
@@ -246,6 +269,14 @@ def _check_ranges(config: "TrainConfig", parser: argparse.ArgumentParser) -> Non
     need(r.max_nonfinite_steps >= 1, f"--max-nonfinite-steps must be >= 1, got {r.max_nonfinite_steps}")
     if o.clip_grad_norm is not None:
         need(o.clip_grad_norm > 0, f"--clip-grad-norm must be > 0, got {o.clip_grad_norm}")
+    if d.cache_features and m.train_backbone != "none":
+        problems.append(f"--cache-features: the backbone trains (--train-backbone {m.train_backbone}), so its features "
+                        "change every step and cannot be cached; drop one of the two")
+    if m.bn_mode == "train" and m.train_backbone == "none":
+        problems.append("--bn-mode train needs trainable stages (--train-backbone layer4, layer3, layer2 or all); a "
+                        "frozen backbone's BatchNorm is folded into its convolutions")
+    if m.init_from is not None and not os.path.isfile(m.init_from):
+        problems.append(f"--init-from {m.init_from}: no such checkpoint file")
     if r.eval_only and not r.resume:
         problems.append("--eval-only needs --resume PATH (the weights to evaluate)")
     if r.resume == "auto" and r.eval_only:

@@ -16,6 +16,9 @@ VARIABLES = {
     "SCOB_FAST_TORCH_PIP_ARGS": "scripts/setup.sh: extra pip arguments for the torch install (e.g. a CPU wheel index)",
     "SCOB_FAST_CACHE_DIR": "where generated data (the demo dataset) is cached (default ~/.cache/scob_fast)",
     "SCOB_FAST_MAX_BAD_IMAGE_FRACTION": "data loaders stop when more than this fraction of an epoch's images fail to load (default 0.01)",
+    "SCOB_FAST_CPU_BF16": "--amp on CPU: unset runs bfloat16 autocast only where the CPU has bfloat16 instructions "
+                          "(avx512_bf16, amx_bf16, Arm bf16) and float32 elsewhere; 1 forces bfloat16 (emulated there, "
+                          "slower), 0 forces float32",
     "TRITON_INTERPRET": "Triton's own switch: 1, true, yes, on or y (any case) runs Triton kernels on its CPU "
                         "interpreter, and the triton backends then take CPU tensors (the tests set it)",
 }
@@ -63,6 +66,11 @@ def triton_interpreting() -> bool:
 
 def build_cuda() -> bool | None:
     return flag("SCOB_FAST_BUILD_CUDA")
+
+
+def cpu_bf16() -> bool | None:
+    """SCOB_FAST_CPU_BF16: None = decide from the CPU (engine/amp.py), True / False = forced."""
+    return flag("SCOB_FAST_CPU_BF16")
 
 
 def cache_dir() -> Path:

@@ -80,8 +80,7 @@ def load_run(run: str | Path | None = None, checkpoint: str | Path | None = None
     from scob_fast.data import load_observed
     from scob_fast.engine import checkpoint as checkpoints
     from scob_fast.engine.amp import AmpPolicy
-    from scob_fast.models.backbone import build_backbone
-    from scob_fast.training import build_method
+    from scob_fast.training import build_method, build_run_backbone
 
     if run is None and checkpoint is None:
         raise PredictError("give --run RUN_DIR or --checkpoint FILE")
@@ -116,7 +115,7 @@ def load_run(run: str | Path | None = None, checkpoint: str | Path | None = None
         class_names = list(build_splits(config)[0].class_names)
     target = torch.device(config.optim.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     m, o = config.model, config.optim
-    backbone = build_backbone(m.backbone, m.backbone_weights).to(target).use_channels_last()
+    backbone = build_run_backbone(config, target)
     policy = AmpPolicy(target, amp, o.amp_cuda_dtype)
     method = build_method(config, backbone, len(class_names), observed, target, policy)
     method.load_checkpoint_state(saved["model"])

@@ -29,8 +29,8 @@ from scob_fast.engine.run_directory import RunDirectory, write_text_atomic
 from scob_fast.engine.trainer import FitProgress, evaluate, fit, resume
 from scob_fast.methods import method_class
 from scob_fast.methods.base import MethodContext
-from scob_fast.models.backbone import build_backbone
-from scob_fast.reporting import build_observers
+from scob_fast.models.backbone import Backbone, build_backbone
+from scob_fast.reporting import build_diagnostics, build_observers
 
 log = logging.getLogger("scob_fast.train")
 
@@ -124,6 +124,15 @@ def observed_labels(config: TrainConfig, train_set, run_dir: RunDirectory, save:
     return observed
 
 
+def build_run_backbone(config: TrainConfig, device) -> Backbone:
+    """The backbone a run with this config trains (and a saved run is rebuilt with): its stages,
+    BatchNorm mode, and BN left unfolded when the method runs it on batch statistics."""
+    m = config.model
+    fold = not method_class(m.method).needs_unfolded_batchnorm(config.method)
+    return build_backbone(m.backbone, m.backbone_weights, fold_batchnorm=fold, train_from=m.train_backbone,
+                          bn_mode=m.bn_mode).to(device).use_channels_last()
+
+
 def build_method(config: TrainConfig, backbone, num_classes: int, observed: np.ndarray, device, amp):
     cls = method_class(config.model.method)
     o = config.optim
@@ -179,7 +188,7 @@ RESUMABLE_CHANGES = frozenset({"out", "overwrite", "resume", "eval_only", "quiet
 
 def _model_keys(config: TrainConfig) -> set[str]:
     """What shapes the network: evaluation needs only these to match."""
-    keys = set(flat_options(config.model)) - {"dropout"}
+    keys = set(flat_options(config.model)) - {"dropout", "init_from"}
     if config.method is not None:
         keys |= set(flat_options(config.method))
     return keys | {"dataset", "image_size"}
@@ -238,6 +247,9 @@ def run(config: TrainConfig) -> dict:
     warn_if_slow_build()
     seed_everything(o.seed)
     device = torch.device(o.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if o.amp and device.type == "cpu":
+        from scob_fast.env import cpu_bf16
+        cpu_bf16()  # a bad SCOB_FAST_CPU_BF16 value stops here, before any data or model work
     if r.resume == "auto":
         latest = Path(r.out) / "last.pth"
         r.resume = str(latest) if latest.exists() else None
@@ -254,24 +266,32 @@ def run(config: TrainConfig) -> dict:
     if not r.eval_only:
         run_dir.write_args(config.flat())
 
-    backbone = build_backbone(m.backbone, m.backbone_weights).to(device).use_channels_last()
+    backbone = build_run_backbone(config, device)
     amp = AmpPolicy(device, o.amp, o.amp_cuda_dtype, clip_grad_norm=o.clip_grad_norm)
     method = build_method(config, backbone, len(train_set.class_names), observed, device, amp)
     if o.compile:
         method.compile()
     train_loader, val_loader, test_loader = build_loaders(config, method, backbone, splits, observed, run_dir)
 
-    optimizer = torch.optim.Adam(method.param_groups(), weight_decay=o.weight_decay)
+    # The trainable backbone stages (if any) are one more group, so that no method needs code for them.
+    optimizer = torch.optim.Adam(method.param_groups() + backbone.param_groups(o.lr_backbone),
+                                 weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=o.lr_step, gamma=0.1)
     state = FitProgress()
     if saved is not None:
         state = resume(method, optimizer, scheduler, amp, saved)
         log.info("resumed from %s at epoch %d", r.resume, state.start_epoch)
+    elif m.init_from:
+        # A warm start (Cole et al.'s linear_init: the end-to-end stage starts from the linear
+        # stage's best weights and label estimates, with a fresh optimiser).
+        method.load_checkpoint_state(checkpoint.load(m.init_from)["model"], require_backbone=False)
+        log.info("--init-from %s: model weights loaded; optimiser and schedule start fresh", m.init_from)
 
     if r.eval_only:
         result = {"checkpoint": str(r.resume),
-                  "val": evaluate(method, val_loader, device, amp, r.map_empty_class),
-                  "test": evaluate(method, test_loader, device, amp, r.map_empty_class)}
+                  "val": evaluate(method, val_loader, device, amp, r.map_empty_class, ap=r.ap),
+                  "test": evaluate(method, test_loader, device, amp, r.map_empty_class, ap=r.ap),
+                  "modes": {"ap": r.ap, "map_empty_class": r.map_empty_class}}
         write_text_atomic(run_dir.path / f"eval-{Path(r.resume).stem}.json", json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))
         return result
@@ -279,21 +299,33 @@ def run(config: TrainConfig) -> dict:
 
     log.info("train %d / val %d / test %d images, %d classes, labels=%s, method=%s, backbone=%s, device=%s",
              len(train_set), len(splits[1]), len(splits[2]), len(train_set.class_names), d.labels,
-             method.describe(), m.backbone, device)
+             method.describe(), backbone.describe(), device)
     observers = build_observers(config, run_dir, list(train_set.class_names))
+    selected_on = "test" if r.select == "test-best-epoch" else "val"
+    # --select test-best-epoch evaluates the test split every epoch, unless the protocol's val split
+    # is that very list (scob, sst): then the val metrics are the test metrics already.
+    same_list = list(splits[1].image_paths) == list(splits[2].image_paths)
+    select_loader = test_loader if selected_on == "test" and not same_list else None
+    diagnostics = build_diagnostics(config, run_dir, method, train_set, observed, observers)
+    if diagnostics is not None:
+        observers.append(diagnostics)
     try:
         state = fit(method, optimizer, scheduler, train_loader, val_loader, run_dir, device=device, amp=amp,
                     epochs=o.epochs, state=state, max_steps=r.max_steps, quiet=r.quiet,
                     empty_class=r.map_empty_class, checkpoint_args=config.flat(),
                     max_nonfinite_steps=r.max_nonfinite_steps, checkpoint_every=r.checkpoint_every,
-                    observers=observers)
-        final = {"best_epoch": state.best_epoch + 1, "best_val_mAP": state.best_map}
+                    observers=observers, ap=r.ap, select_loader=select_loader,
+                    select_split="test" if select_loader is not None else "val")
+        # Which modes produced the number: the selection rule and the AP definition.
+        final = {"best_epoch": state.best_epoch + 1, f"best_{selected_on}_mAP": state.best_map,
+                 "modes": {"select": r.select, "selected_on": selected_on, "ap": r.ap,
+                           "map_empty_class": r.map_empty_class}}
         best_path = run_dir.path / "best.pth"
         if best_path.exists():
             method.load_checkpoint_state(checkpoint.load(best_path)["model"])
             final["test"] = evaluate(method, test_loader, device, amp, r.map_empty_class, split="test",
-                                     epoch=state.best_epoch, observers=observers)
-            log.info("test (best val epoch %d): mAP %.4f", state.best_epoch + 1, final["test"]["mAP"])
+                                     epoch=state.best_epoch, observers=observers, ap=r.ap)
+            log.info("test (best %s epoch %d): mAP %.4f", selected_on, state.best_epoch + 1, final["test"]["mAP"])
         run_dir.write_final(final)
     finally:
         for observer in observers:

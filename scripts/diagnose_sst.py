@@ -34,15 +34,14 @@ def diagnose(run: Path, cache: Path) -> list[str]:
     from scob_fast.data import load_observed
     from scob_fast.engine import checkpoint
     from scob_fast.engine.amp import AmpPolicy
-    from scob_fast.models.backbone import build_backbone
-    from scob_fast.training import build_method, build_splits
+    from scob_fast.training import build_method, build_run_backbone, build_splits
 
     config = config_from_values(yaml.safe_load(open(run / "args.yaml")))
     train_set = build_splits(config)[0]
     observed = load_observed(run)
     labels = torch.from_numpy(np.asarray(train_set.labels)).float()
     device = torch.device("cpu")
-    backbone = build_backbone(config.model.backbone, config.model.backbone_weights)
+    backbone = build_run_backbone(config, device)
     method = build_method(config, backbone, labels.shape[1], observed, device, AmpPolicy(device, False))
     method.load_checkpoint_state(checkpoint.load(run / "best.pth")["model"])
     method.eval()

@@ -58,7 +58,7 @@ def test_efficientnet_lite0_packaged_weights_recognise_imagenet_content():
     assert low.shape == (1, 112, 14, 14) and high.shape == (1, 1280, 7, 7)
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50", "resnet101"])
 def test_folded_batchnorm_and_channels_last_match_the_plain_network(name):
     torch.manual_seed(0)
     plain = build_backbone(name, pretrained=False, fold_batchnorm=False)

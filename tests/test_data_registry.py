@@ -22,6 +22,13 @@ def _make_demo(root):
     return root, {"train": ([None] * 20, None), "test": ([None] * 6, None)}
 
 
+DEMO_COCO_SMALL = dict(num_classes=6, num_scenes=2, train_images=20, val_images=6, image_size=48, mask_size=16)
+
+
+def _make_demo_coco(root):
+    return root, {"train": ([None] * 20, None), "test": ([None] * 6, None)}
+
+
 def _official(expected, *names):
     return next(expected[n] for n in names if n in expected)
 
@@ -29,6 +36,7 @@ def _official(expected, *names):
 # name -> (writer of a tiny tree in the official layout, build_dataset options)
 MAKERS = {
     "demo": (_make_demo, DEMO_SMALL),
+    "demo-coco": (_make_demo_coco, DEMO_COCO_SMALL),
     "coco2014": (make_coco, {}),
     "voc2007": (lambda root: make_voc(root, "2007"), {}),
     "voc2012": (lambda root: make_voc(root, "2012"), {}),
@@ -46,7 +54,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_registry_lists_the_datasets_build_dataset_accepts():
-    assert dataset_names() == ["demo", "coco2014", "voc2007", "voc2012", "nuswide", "cub", "folder", "csv"]
+    assert dataset_names() == ["demo", "demo-coco", "coco2014", "voc2007", "voc2012", "nuswide", "cub", "folder", "csv"]
     assert list(DATASETS) == dataset_names()
     assert all(isinstance(spec, DatasetSpec) and spec.name == name for name, spec in DATASETS.items())
 
@@ -90,7 +98,7 @@ def test_unknown_name_names_the_choices():
         dataset_spec("nope")
     assert "'nope'" in str(info.value)
     assert all(name in str(info.value) for name in dataset_names())
-    with pytest.raises(ValueError, match="dataset name 'nope' is not one of demo, coco2014"):
+    with pytest.raises(ValueError, match="dataset name 'nope' is not one of demo, demo-coco, coco2014"):
         build_dataset("nope", "/tmp")
 
 
@@ -103,10 +111,10 @@ def test_names_are_case_insensitive(tmp_path):
 def test_moved_per_dataset_facts_keep_their_values():
     # The values config.py, the trainer and the methods held before the registry existed.
     k = {name: spec.expected_positives for name, spec in DATASETS.items()}
-    assert k == {"demo": 2.25, "coco2014": 2.9, "voc2007": 1.5, "voc2012": 1.5, "nuswide": 1.9, "cub": 31.4,
+    assert k == {"demo": 2.25, "demo-coco": 2.89, "coco2014": 2.9, "voc2007": 1.5, "voc2012": 1.5, "nuswide": 1.9, "cub": 31.4,
                  "folder": 2.0, "csv": 2.0}
     families = {name: spec.hparam_family for name, spec in DATASETS.items()}
-    assert families == {"demo": "coco", "coco2014": "coco", "voc2007": "voc", "voc2012": "voc", "nuswide": "nus",
+    assert families == {"demo": "coco", "demo-coco": "coco", "coco2014": "coco", "voc2007": "voc", "voc2012": "voc", "nuswide": "nus",
                         "cub": "cub", "folder": "coco", "csv": "coco"}
     assert dict(GENERIC_DEFAULTS) == dict(image_size=448, dim=1024, ffn=2048, epochs=20, batch_size=8,
                                           expected_positives=2.0, lr_step=16, workers=2)
@@ -116,7 +124,7 @@ def test_moved_per_dataset_facts_keep_their_values():
     assert dataset_spec("coco2014").run_defaults() == {**GENERIC_DEFAULTS, "expected_positives": 2.9}
     # k rides along in defaults, so config's {**GENERIC_DEFAULTS, **spec.defaults} is complete
     assert all({**GENERIC_DEFAULTS, **s.defaults} == s.run_defaults() for s in DATASETS.values())
-    assert [name for name, spec in DATASETS.items() if not spec.needs_root] == ["demo"]
+    assert [name for name, spec in DATASETS.items() if not spec.needs_root] == ["demo", "demo-coco"]
 
 
 def test_reader_options_from_the_run_config():
@@ -124,8 +132,12 @@ def test_reader_options_from_the_run_config():
     assert demo.reader_options({"demo_images": 2000}) == {"train_images": 2000, "val_images": 600}
     assert demo.reader_options({"demo_images": 3}) == {"train_images": 3, "val_images": 1}
     assert set(demo.reader_options({"demo_images": 50})) <= set(demo.options)
+    assert demo.reader_options({"demo_images": None}) == {}
+    coco_like = dataset_spec("demo-coco")
+    assert coco_like.reader_options({"demo_images": 100}) == {"train_images": 100, "val_images": 30}
+    assert set(coco_like.reader_options({"demo_images": 100})) <= set(coco_like.options)
     for name in dataset_names():
-        if name != "demo":
+        if name not in ("demo", "demo-coco"):
             assert dataset_spec(name).reader_options({"demo_images": 2000}) == {}
 
 

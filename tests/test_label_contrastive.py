@@ -26,6 +26,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or lc.DISPATCHER.a
 KERNELS = [pytest.param("cpp", "cpu", marks=needs_cpp, id="cpp"),
            pytest.param("triton", "cuda" if torch.cuda.is_available() else "cpu", marks=needs_triton, id="triton"),
            pytest.param("cuda", "cuda", marks=needs_cuda, id="cuda")]
+# ... and the dense PyTorch path (CPU), which the flag and shape tests cover as well.
+PATHS = KERNELS + [pytest.param("dense", "cpu", id="dense")]
 
 
 def assert_close(actual, expected, atol, rtol, name):
@@ -156,7 +158,7 @@ FLAGS = [dict(self_mode=s, weights=w, extra=e, weight_mode=mode, positives=p, de
 
 
 @pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()))
-@pytest.mark.parametrize("backend, device", KERNELS)
+@pytest.mark.parametrize("backend, device", PATHS)
 def test_flags(backend, device, flags):
     flags = dict(flags)
     self_mode, weight_mode, positives = flags.pop("self_mode"), flags.pop("weight_mode"), flags.pop("positives")
@@ -165,7 +167,7 @@ def test_flags(backend, device, flags):
             positives=positives, logit_shift=1.0 if weight_mode == "logit" else 0.5)
 
 
-@pytest.mark.parametrize("backend, device", KERNELS)
+@pytest.mark.parametrize("backend, device", PATHS)
 @pytest.mark.parametrize("exclude_self", [True, False])
 def test_exclude_self_explicit(backend, device, exclude_self):
     # explicit candidates aligned with the anchors (e.g. a second view), with and without excluding j == i
@@ -175,7 +177,7 @@ def test_exclude_self_explicit(backend, device, exclude_self):
     compare(backend, self_case, *TOLERANCES[torch.float32], temperature=0.4, exclude_self=exclude_self)
 
 
-@pytest.mark.parametrize("backend, device", KERNELS)
+@pytest.mark.parametrize("backend, device", PATHS)
 def test_candidates_without_gradient(backend, device):
     # Scob's bank is detached: only the anchors (and the extra positive) get gradients
     case = make_case(20, 30, 16, 4, weights=True, extra="features", device=device, seed=9)
@@ -293,7 +295,7 @@ def test_reference_scob_by_hand():
                - expected) < 1e-12
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", ["reference", "dense", pytest.param("cpp", marks=needs_cpp)])
 def test_scob_published_infonce(backend):
     g = torch.Generator().manual_seed(5)
     b, c, d, t = 8, 20, 32, 1.0
@@ -321,7 +323,7 @@ def test_scob_published_infonce(backend):
 # Excluded anchors, reductions, counts
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp),
+@pytest.mark.parametrize("backend", ["reference", "dense", pytest.param("cpp", marks=needs_cpp),
                                      pytest.param("triton", marks=needs_triton)])
 def test_anchors_without_positive(backend):
     a = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(1)), dim=1).requires_grad_()
@@ -343,7 +345,7 @@ def test_anchors_without_positive(backend):
     assert torch.allclose(mean, per_anchor[:2].mean()) and torch.allclose(total, per_anchor.sum())
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", ["reference", "dense", pytest.param("cpp", marks=needs_cpp)])
 def test_empty_and_ignored_candidates(backend):
     a = F.normalize(torch.randn(5, 8, generator=torch.Generator().manual_seed(2)), dim=1)
     y = torch.tensor([0, 1, 2, 0, 1])
@@ -462,6 +464,7 @@ def test_dispatch_auto_forced_and_env(monkeypatch):
     case = make_case(8, 8, 16, 2, self_mode=True, seed=16)
     monkeypatch.delenv("SCOB_FAST_LABEL_CONTRASTIVE_BACKEND", raising=False)
     monkeypatch.delenv("SCOB_FAST_BACKEND", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)   # forward only, one thread: the kernel
     label_contrastive_loss(case["anchors"], case["anchor_labels"], temperature=0.2)
     assert last_backend("label_contrastive") == "cpp"
     monkeypatch.setenv("SCOB_FAST_LABEL_CONTRASTIVE_BACKEND", "reference")
@@ -472,10 +475,10 @@ def test_dispatch_auto_forced_and_env(monkeypatch):
             label_contrastive_loss(case["anchors"], case["anchor_labels"], temperature=0.2, backend="cuda")
     with pytest.raises(ValueError, match="unknown backend"):
         label_contrastive_loss(case["anchors"], case["anchor_labels"], temperature=0.2, backend="fortran")
-    assert set(lc.DISPATCHER.names()) == {"cpp", "triton", "cuda", "reference"}
+    assert set(lc.DISPATCHER.names()) == {"cpp", "triton", "cuda", "reference", "dense"}
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", ["reference", "dense", pytest.param("cpp", marks=needs_cpp)])
 def test_bad_inputs_name_the_argument(backend):
     a = F.normalize(torch.randn(4, 8), dim=1)
     y = torch.tensor([0, 1, 0, 1])
@@ -570,3 +573,184 @@ def test_short_training_matches_reference():
     assert abs(params["cpp"][0] - params["reference"][0]) < 1e-4
     for p, q in zip(params["cpp"][1], params["reference"][1]):
         assert_close(p, q, 1e-4, 1e-4, "parameter")
+
+
+# ----------------------------------------------------------------------------------------------
+# The dense path and its size rule
+# ----------------------------------------------------------------------------------------------
+
+def _loop_loss(a, y_a, c, y_c, t, w=None, e=None, positives="label", weight_mode="exp", shift=0.0,
+               exclude_self=False):
+    """The module docstring's formula anchor by anchor, pair by pair (float64 Python arithmetic)."""
+    losses, counts = [], []
+    for i in range(a.shape[0]):
+        if y_a[i] < 0:
+            losses.append(0.0)
+            counts.append(0)
+            continue
+        denominator, numerator, count = [], 0.0, 0
+        for j in range(c.shape[0]):
+            if y_c[j] < 0 or (exclude_self and i == j):
+                continue
+            s = float(a[i] @ c[j])
+            weight = 1.0 if w is None else float(w[y_a[i], y_c[j]])
+            h = (s + shift) / t * (weight if weight_mode == "logit" else 1.0)
+            if weight_mode == "exp":
+                denominator.append(weight * math.exp(h))
+            else:
+                denominator.append(math.exp(h))
+            if positives == "label" and y_c[j] == y_a[i]:
+                numerator, count = numerator + h, count + 1
+        if e is not None:
+            extra = (float(e[i]) + shift) / t
+            denominator.append(math.exp(extra))
+            numerator, count = numerator + extra, count + 1
+        if count == 0:
+            losses.append(0.0)
+            counts.append(0)
+            continue
+        losses.append(math.log(sum(denominator)) - numerator / count)
+        counts.append(count)
+    return torch.tensor(losses, dtype=torch.float64), counts
+
+
+@pytest.mark.parametrize("flags", [
+    dict(),
+    dict(self_mode=True),
+    dict(weights=True, extra="logit"),
+    dict(weights=True, extra="logit", weight_mode="logit", positives="extra_only", shift=1.0),
+    dict(self_mode=True, weights=True, weight_mode="logit", shift=1.0),
+    dict(extra="logit", positives="extra_only"),
+], ids=["pairs", "supcon", "exp-weights-extra", "scob", "self-logit", "extra-only"])
+def test_dense_matches_the_formula_by_loops(flags):
+    flags = dict(flags)
+    self_mode, mode = flags.pop("self_mode", False), flags.pop("weight_mode", "exp")
+    positives, shift = flags.pop("positives", "label"), flags.pop("shift", 0.0)
+    case = make_case(9, 11, 5, 3, self_mode=self_mode, dtype=torch.float64, density=0.8, seed=21, **flags)
+    c = case.get("candidates", case["anchors"])
+    y_c = case.get("candidate_labels", case["anchor_labels"])
+    want, want_counts = _loop_loss(case["anchors"], case["anchor_labels"].tolist(), c, y_c.tolist(), 0.3,
+                                   case.get("class_weights"), case.get("extra_positive"), positives, mode, shift,
+                                   exclude_self=self_mode)
+    got, counts = label_contrastive_loss(**case, temperature=0.3, positives=positives, weight_mode=mode,
+                                         logit_shift=shift, reduction="none", return_counts=True, backend="dense")
+    assert last_backend("label_contrastive") == "dense"
+    assert_close(got, want, 1e-12, 1e-10, "dense loss vs loops")
+    assert counts.tolist() == want_counts
+
+
+@pytest.mark.parametrize("flags", [dict(self_mode=True), dict(weights=True, extra="logit"),
+                                   dict(weights=True, extra="features", weight_mode="logit", positives="extra_only"),
+                                   dict(self_mode=True, weights=True, extra="features", weight_mode="logit")],
+                         ids=["supcon", "exp-weights-extra", "scob", "self-logit-extra"])
+def test_dense_float64_and_gradcheck(flags):
+    flags = dict(flags)
+    kw = dict(temperature=0.3, weight_mode=flags.pop("weight_mode", "exp"), positives=flags.pop("positives", "label"),
+              logit_shift=1.0)
+    case = make_case(9, 11, 5, 3, dtype=torch.float64, density=0.8, seed=11, **flags)
+    compare("dense", case, *TOLERANCES[torch.float64], **kw)
+    names = [k for k in DIFFERENTIABLE if k in case]
+    fixed = {k: v for k, v in case.items() if k not in DIFFERENTIABLE}
+
+    def fn(*tensors):
+        return label_contrastive_loss(**dict(zip(names, tensors)), **fixed, **kw, reduction="none", backend="dense")
+
+    assert torch.autograd.gradcheck(fn, tuple(case[k].clone().requires_grad_() for k in names), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("weight_mode", ["exp", "logit"])
+def test_dense_zero_weights_keep_gradients_finite(weight_mode):
+    # Every candidate of anchor 0's class pair has weight 0: in the exp form its denominator holds
+    # only the extra positive (log 0 = -inf for all candidates), which must give finite gradients.
+    case = make_case(6, 8, 4, 2, weights=True, extra="logit", dtype=torch.float64, seed=3)
+    case["class_weights"] = torch.tensor([[0.0, 0.0], [0.5, 1.0]], dtype=torch.float64)
+    kw = dict(temperature=0.5, weight_mode=weight_mode, positives="extra_only", logit_shift=1.0)
+    compare("dense", case, *TOLERANCES[torch.float64], **kw)
+    _, grads = run(lambda **a: label_contrastive_loss(**a, backend="dense"), case, **kw)
+    assert all(torch.isfinite(g).all() for g in grads.values() if g is not None)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dense_low_precision_computes_in_float32(dtype):
+    case = make_case(30, 40, 16, 4, weights=True, extra="logit", dtype=dtype, seed=5)
+    got, got_grads = run(lambda **a: label_contrastive_loss(**a, backend="dense"), case, temperature=0.2)
+    assert got.dtype == torch.float32
+    upcast = {k: (v.float() if v.is_floating_point() and k != "class_weights" else v) for k, v in case.items()}
+    want, want_grads = run(label_contrastive_loss_reference, upcast, temperature=0.2)
+    assert_close(got, want, *TOLERANCES[torch.float32], "dense 16-bit loss vs float32 reference")
+    for key, expected in want_grads.items():
+        assert got_grads[key].dtype == dtype
+        # the gradient is rounded to the input dtype once
+        assert_close(got_grads[key].float(), expected, 1e-2, 1e-2, f"dense 16-bit d{key}")
+
+
+@pytest.mark.parametrize("n, m, threads, backward, runs_dense", [
+    (512, 512, 16, False, True),       # 2 blocks of 256 anchors, 16 threads: the kernel would idle 14
+    (512, 512, 2, False, False),       # 2 blocks, 2 threads: the kernel's fused forward wins
+    (256, 256, 1, True, True),         # a backward follows: keep the similarities (3 GEMMs, not 4)
+    (1024, 1024, 1, True, True),       # N x M = 2^20, the largest
+    (1025, 1024, 64, True, False),     # beyond: the kernels' linear memory
+    (4096, 16, 1, False, False),       # 16 blocks on 1 thread, forward only
+    (100, 100, 64, True, False),       # below 2^14 pairs: overhead-bound, the kernel's one call
+])
+def test_dense_rule(n, m, threads, backward, runs_dense):
+    reason = lc.dense_rule(n, m, threads, backward)
+    assert (reason is None) is runs_dense, reason
+
+
+@needs_cpp
+@pytest.mark.parametrize("case, expected", [
+    ("gradients", "dense"),
+    ("gradients to the extra positive only", "dense"),
+    ("forward only, one thread", "cpp"),
+    ("forward only, 16 threads", "dense"),
+    ("no_grad, gradients requested", "cpp"),
+    ("large", "cpp"),
+    ("forced cpp", "cpp"),
+    ("env forces reference", "reference"),
+])
+def test_auto_dispatch_size_rule(monkeypatch, case, expected):
+    monkeypatch.delenv("SCOB_FAST_LABEL_CONTRASTIVE_BACKEND", raising=False)
+    monkeypatch.delenv("SCOB_FAST_BACKEND", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16 if "16 threads" in case else 1)
+    n, m = (1100, 1000) if case == "large" else (160, 120)
+    data = make_case(n, m, 8, 4, extra="logit", seed=23)
+    keys = {"gradients": ("anchors", "candidates"), "gradients to the extra positive only": ("extra_positive",),
+            "no_grad, gradients requested": ("anchors",), "large": ("anchors",), "forced cpp": ("anchors",),
+            "env forces reference": ("anchors",)}.get(case, ())
+    inputs = {k: (v.detach().clone().requires_grad_(k in keys) if k in DIFFERENTIABLE else v) for k, v in data.items()}
+    kwargs = {"backend": "cpp"} if case == "forced cpp" else {}
+    if case == "env forces reference":
+        monkeypatch.setenv("SCOB_FAST_LABEL_CONTRASTIVE_BACKEND", "reference")
+    with torch.no_grad() if case.startswith("no_grad") else torch.enable_grad():
+        loss = label_contrastive_loss(**inputs, temperature=0.3, **kwargs)
+    assert last_backend("label_contrastive") == expected
+    want = label_contrastive_loss_reference(**{k: v.detach() if k in DIFFERENTIABLE else v for k, v in data.items()},
+                                            temperature=0.3)
+    assert_close(loss, want, *TOLERANCES[torch.float32], f"{case} loss")
+    if keys and loss.requires_grad:
+        grads = torch.autograd.grad(loss, [inputs[k] for k in keys])
+        ref_inputs = {k: (v.detach().clone().requires_grad_(k in keys) if k in DIFFERENTIABLE else v)
+                      for k, v in data.items()}
+        want_grads = torch.autograd.grad(label_contrastive_loss_reference(**ref_inputs, temperature=0.3),
+                                         [ref_inputs[k] for k in keys])
+        for key, a, b in zip(keys, grads, want_grads):
+            assert_close(a, b, *TOLERANCES[torch.float32], f"{case} d{key}")
+
+
+def test_dense_compiles_without_graph_break():
+    case = make_case(12, 16, 8, 3, weights=True, extra="logit", density=0.7, seed=29)
+    a = case["anchors"].clone().requires_grad_()
+
+    def fn(a):
+        return label_contrastive_loss(a, case["anchor_labels"], case["candidates"], case["candidate_labels"],
+                                      temperature=0.2, class_weights=case["class_weights"],
+                                      extra_positive=case["extra_positive"], backend="dense")
+
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    got = compiled(a)
+    (grad_got,) = torch.autograd.grad(got, a)
+    want = fn(a)
+    (grad_want,) = torch.autograd.grad(want, a)
+    assert_close(got, want, 1e-6, 1e-6, "compiled dense loss")
+    assert_close(grad_got, grad_want, 1e-6, 1e-6, "compiled dense grad")

@@ -353,8 +353,124 @@ def test_encoder_training_dropout_same_for_cpp_and_reference():
 
 @pytest.mark.parametrize("keep_fraction", KEEP_FRACTIONS)
 @pytest.mark.parametrize("B, H, L, D", [(1, 1, 1, 32), (3, 8, 17, 64), (3, 2, 196, 32)])
-def test_sdpa_backend_matches_reference_and_is_never_automatic(B, H, L, D, keep_fraction):
+def test_sdpa_backend_matches_reference_and_is_not_automatic_with_masked_keys(B, H, L, D, keep_fraction):
     _check_backend("sdpa", B, H, L, D, keep_fraction, torch.float32)
     q, k, v, keep, _ = _inputs(1, 1, 5, 32, 0.5, torch.float32, seed=0)
-    masked_attention(q, k, v, keep, backend=None)
+    with torch.no_grad():
+        masked_attention(q, k, v, keep, backend=None)
     assert last_backend("masked_attention") != "sdpa"
+
+
+# --------------------------------------------------------------------------------------------
+# The automatic CPU rule: forward-only, dropout 0, no key masked -> torch's SDPA without a mask;
+# anything else -> the priority order (cpp here). Outputs are checked against softmax(s q k^T) v
+# written out below (no key is masked, so that is the whole definition), gradients against the
+# reference.
+
+def _dense_attention(q, k, v):
+    q, k, v = q.double(), k.double(), v.double()
+    return torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1) @ v
+
+
+RULE_SHAPES = [(1, 1, 1, 32), (3, 8, 17, 64), (2, 8, 196, 64), (1, 2, 784, 64)]
+
+
+@needs_cpp
+@pytest.mark.parametrize("B, H, L, D", RULE_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_auto_forward_only_without_masked_keys_runs_sdpa(B, H, L, D, dtype):
+    q, k, v, keep, _ = _inputs(B, H, L, D, 1.0, dtype, seed=L + D)
+    with torch.no_grad():
+        out = masked_attention(q, k, v, keep)
+    assert last_backend("masked_attention") == "sdpa"
+    assert out.dtype == dtype and out.shape == q.shape
+    want = _dense_attention(q, k, v)
+    if dtype == torch.float32:
+        _assert_close("auto sdpa out", out, want, 1e-5, 1e-5)
+    else:   # the 2x-of-PyTorch-bfloat16 rule of the kernels
+        kernel_err = (out.double() - want).abs().max().item()
+        torch_err = (_bf16_torch(q.detach(), k.detach(), v.detach(), keep).double() - want).abs().max().item()
+        assert kernel_err <= BF16_ERROR_FACTOR * torch_err + BF16_ATOL, (kernel_err, torch_err)
+
+
+@needs_cpp
+@pytest.mark.parametrize("B, H, L, D", RULE_SHAPES)
+def test_auto_with_gradients_runs_cpp_and_matches_reference(B, H, L, D):
+    q, k, v, keep, grad = _inputs(B, H, L, D, 1.0, torch.float32, seed=B + L)
+    got = _run(lambda *a: masked_attention(*a), q, k, v, keep, grad)
+    assert last_backend("masked_attention") == "cpp"
+    _assert_close("auto out", got[0], _dense_attention(q, k, v), 1e-5, 1e-5)
+    want = _run(masked_attention_reference, q, k, v, keep, grad)
+    for name, a, b in zip(("out", "grad_q", "grad_k", "grad_v"), got, want):
+        _assert_close(f"auto {name}", a, b, *TOLERANCES[torch.float32])
+
+
+@needs_cpp
+@pytest.mark.parametrize("case, expected", [
+    ("all kept, no grad", "sdpa"),
+    ("all kept, inference_mode", "sdpa"),
+    ("all kept, grad mode but no input needs a gradient", "sdpa"),
+    ("all kept, inputs need gradients", "cpp"),
+    ("all kept, dropout", "cpp"),
+    ("one key masked", "cpp"),
+    ("a sample keeps nothing", "cpp"),
+    ("forced cpp", "cpp"),
+    ("forced auto", "sdpa"),
+    ("env forces reference", "reference"),
+    ("float64", "cpp"),
+])
+def test_auto_rule_cases(monkeypatch, case, expected):
+    B, H, L, D = 2, 2, 9, 8
+    q, k, v, keep, _ = _inputs(B, H, L, D, 1.0, torch.float32, seed=3)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    kwargs, context = {}, torch.no_grad()
+    if case == "all kept, inference_mode":
+        context = torch.inference_mode()
+    elif case == "all kept, grad mode but no input needs a gradient":
+        context = torch.enable_grad()
+    elif case == "all kept, inputs need gradients":
+        q.requires_grad_()
+        context = torch.enable_grad()
+    elif case == "all kept, dropout":
+        kwargs = dict(dropout_p=0.1, seed=1)
+    elif case == "one key masked":
+        keep[1, 4] = False
+    elif case == "a sample keeps nothing":
+        keep[0] = False
+    elif case == "forced cpp":
+        kwargs = dict(backend="cpp")
+    elif case == "forced auto":
+        kwargs = dict(backend="auto")
+    elif case == "env forces reference":
+        monkeypatch.setenv("SCOB_FAST_MASKED_ATTENTION_BACKEND", "reference")
+    elif case == "float64":
+        q, k, v = q.double(), k.double(), v.double()
+    with context:
+        out = masked_attention(q, k, v, keep, **kwargs)
+    assert last_backend("masked_attention") == expected
+    if "dropout" not in case:
+        _assert_close(case, out, masked_attention_reference(q, k, v, keep), 1e-5, 1e-5)
+
+
+@needs_cpp
+def test_auto_rule_is_not_applied_while_compiling():
+    q, k, v, keep, _ = _inputs(2, 2, 16, 8, 1.0, torch.float32, seed=5)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    compiled = torch.compile(lambda q, k, v, keep: masked_attention(q, k, v, keep) * 2.0, backend="aot_eager",
+                             fullgraph=True)   # fullgraph: reading key_keep would be a graph break
+    with torch.no_grad():
+        out = compiled(q, k, v, keep)
+    _assert_close("compiled auto", out, 2.0 * _dense_attention(q, k, v), 1e-5, 1e-5)
+
+
+def test_encoder_eval_without_mask_runs_sdpa():
+    from scob_fast.models.masked_encoder import MaskedTransformerEncoder
+    torch.manual_seed(6)
+    enc = MaskedTransformerEncoder(32, 4, 64, dropout=0.1, num_layers=1).eval()
+    x = torch.randn(2, 10, 32)
+    theirs = _torch_encoder(32, 4, 64, 1).eval()
+    theirs.load_state_dict(enc.state_dict())
+    with torch.no_grad():
+        out = enc(x)
+        assert last_backend("masked_attention") == "sdpa"
+        _assert_close("eval encoder, auto", out, theirs(x), 2e-5, 2e-5)

@@ -47,3 +47,52 @@ def test_threshold_and_top3_metrics_by_hand():
 def test_shape_mismatch_is_named():
     with pytest.raises(ValueError, match="must both be"):
         mean_average_precision(np.zeros((3, 2)), np.zeros((3, 3)))
+
+
+# -- VOC-style interpolated AP (SST's evaluation) ------------------------------------------------------
+
+def public_voc2012_ap(confidence, ground_truth):
+    """Transcription of HCP-MLR-PL utils/metrics.py for one class: Compute_mAP_VOC2012's ranking
+    (images by descending confidence; TP = label > 0, FP = label <= 0; cumulative sums; recall =
+    TP / objectNum, precision = TP / max(TP + FP, eps)) and ComputeAP_VOC (append recall 0/1 and
+    precision 0/0, make precision non-increasing from the right in a loop, sum the recall steps)."""
+    order = np.argsort(-confidence, kind="stable")
+    sorted_label = [ground_truth[i] for i in order]
+    tp = np.array([1.0 if v > 0 else 0.0 for v in sorted_label])
+    fp = np.array([1.0 if v <= 0 else 0.0 for v in sorted_label])
+    object_num, tp, fp = sum(tp), np.cumsum(tp), np.cumsum(fp)
+    recall, precision = tp / float(object_num), tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    rec, prec = np.concatenate(([0.], recall, [1.])), np.concatenate(([0.], precision, [0.]))
+    for index in range(prec.size - 1, 0, -1):
+        prec[index - 1] = np.maximum(prec[index - 1], prec[index])
+    index = np.where(rec[1:] != rec[:-1])[0]
+    return np.sum((rec[index + 1] - rec[index]) * prec[index + 1])
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("positive_rate", [0.05, 0.3, 0.9])
+def test_voc_interpolated_ap_matches_the_public_formula(seed, positive_rate):
+    rng = np.random.default_rng(seed)
+    scores = rng.random((150, 6))
+    if seed % 2:
+        scores = np.round(scores, 1)     # ties: both rank them in row order (a stable sort)
+    targets = (rng.random((150, 6)) < positive_rate).astype(int)
+    targets[0] = 1                       # every class has a positive
+    m, ap = mean_average_precision(scores, targets, ap="voc-interpolated")
+    expected = [public_voc2012_ap(scores[:, c], targets[:, c]) for c in range(6)]
+    np.testing.assert_allclose(ap, expected, rtol=0, atol=1e-12)
+    assert m == pytest.approx(np.mean(expected), abs=1e-12)
+    assert multilabel_metrics(scores, targets, ap="voc-interpolated")["mAP"] == pytest.approx(m, abs=1e-12)
+
+
+def test_voc_interpolated_ap_by_hand_and_where_it_differs_from_sklearn():
+    # ranks: negative, positive, positive. precision 0, 1/2, 2/3; the envelope lifts the first two to 2/3.
+    scores, targets = np.array([[0.9], [0.8], [0.7]]), np.array([[0], [1], [1]])
+    _, voc = mean_average_precision(scores, targets, ap="voc-interpolated")
+    _, skl = mean_average_precision(scores, targets, ap="sklearn")
+    assert voc[0] == pytest.approx(2 / 3) and skl[0] == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+    empty = np.zeros((3, 1), dtype=int)
+    m, ap = mean_average_precision(scores, empty, "zero", ap="voc-interpolated")
+    assert np.isnan(ap[0]) and m == 0.0            # the empty-class policy applies as to sklearn's AP
+    with pytest.raises(ValueError, match="ap must be one of"):
+        mean_average_precision(scores, targets, ap="voc07")

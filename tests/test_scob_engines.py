@@ -81,3 +81,37 @@ def test_ema_moves_momentum_heads_unless_published(backbone):
         moved = any(not torch.equal(a, b) for a, b in zip(before, method.net.momentum_parameters()))
         assert moved == should_move
         assert all(not p.requires_grad for p in method.net.momentum_parameters())
+
+
+def test_published_switches_fast_falls_back_to_the_reference_bit_for_bit():
+    """--published-bn makes the fast engine's shared clean pass invalid (BN on batch statistics
+    between the passes): a fast-engine method then runs the reference procedure, so with the same
+    weights, batches and (unfolded) backbones it computes exactly what a reference-engine one does,
+    across an epoch's first step and later ones, BN statistics included."""
+    observed = torch.zeros(N, C, dtype=torch.int8)
+    observed[torch.arange(N), torch.arange(N) % C] = 1
+    switches = dict(published_bn=True, published_ema=True, published_bank=True)
+    ref = _method("reference", build_backbone("efficientnet_lite0", fold_batchnorm=False), observed, **switches)
+    fast = _method("fast", build_backbone("efficientnet_lite0", fold_batchnorm=False), observed, **switches)
+    assert fast.active_engine() == "reference" and fast.engine == "fast"
+    fast.load_state_dict(ref.state_dict())
+    opts = [torch.optim.Adam(m.param_groups()) for m in (ref, fast)]
+    batches = _batches(observed, 5)
+    for epoch, steps in ((0, 3), (1, 2)):
+        for m in (ref, fast):
+            m.train()
+            m.start_epoch(epoch)
+        for _ in range(steps):
+            batch = next(batches)
+            s_ref, s_fast = (m.train_step(dict(batch), o) for m, o in zip((ref, fast), opts))
+            assert s_ref.keys() == s_fast.keys()
+            for key in s_ref:
+                assert torch.equal(s_ref[key], s_fast[key]), key
+    state_ref, state_fast = ref.state_dict(), fast.state_dict()
+    assert state_ref.keys() == state_fast.keys()
+    for key in state_ref:
+        assert torch.equal(state_ref[key], state_fast[key]), key
+    # the statistics did drift, and they are in the checkpoint
+    fresh = {f"backbone.{k}": v for k, v in build_backbone("efficientnet_lite0", fold_batchnorm=False).state_dict().items()}
+    drifted = [k for k in ref.state_dict_for_checkpoint() if k.endswith("running_mean")]
+    assert drifted and any(not torch.equal(state_ref[k], fresh[k]) for k in drifted)

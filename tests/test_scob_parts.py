@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from scob_fast.methods.losses import expected_positive_regulariser
 from scob_fast.methods.scob import scob_supervised_loss
-from scob_fast.methods.scob.cam import cam_keep_masks, grad_cam_plus_plus, target_classes
+from scob_fast.methods.scob.cam import cam_keep_masks, grad_cam_plus_plus, keep_masks_from_full, target_classes
 from scob_fast.methods.scob.correlation import contrastive_weights, correlation, correlation_loop
 from scob_fast.methods.scob.prototype_bank import PrototypeBank
 from scob_fast.models.label_estimator import LabelEstimator
@@ -23,6 +23,11 @@ def test_estimator_initialisation():
     assert free.min() >= 0.2 - 1e-6 and free.max() <= 0.8 + 1e-6
     assert free.std() > 0.1  # really spread over the interval
     assert torch.equal(LabelEstimator(observed, seed=3).logits, est.logits)
+    # --estimator-init-width 0.1: ROLE's narrower start, 0.4..0.6
+    narrow = torch.sigmoid(LabelEstimator(observed, seed=3, init_width=0.1).logits.detach())[observed != 1]
+    assert narrow.min() >= 0.4 - 1e-6 and narrow.max() <= 0.6 + 1e-6 and narrow.std() > 0.03
+    with pytest.raises(ValueError, match="init width"):
+        LabelEstimator(observed, init_width=0.5)
 
 
 def test_supervised_loss_hand_computed():
@@ -83,7 +88,7 @@ def _direct_grad_cam_pp(a, g):
             for j in range(w):
                 gij = g[c, i, j]
                 if gij != 0:
-                    alpha = gij ** 2 / (2 * gij ** 2 + s * gij ** 3 + 1e-7)
+                    alpha = gij ** 2 / (2 * gij ** 2 + s * gij ** 3 + 1e-6)   # grad_cam_plusplus.py eps
                     weight += alpha * max(gij, 0.0)
         cam += weight * a[c]
     cam = cam.clamp(min=0)
@@ -104,13 +109,20 @@ def test_grad_cam_plus_plus_matches_direct_on_tiny_model():
 
 
 def test_keep_masks_corners_threshold_and_shapes():
-    cam = torch.ones(2, 4, 4)
+    cam = torch.ones(2, 4, 4)          # layer-resolution maps, upsampled to 64 px
+    cam[0, 0, 0] = 0                   # a minimum for the second min-max (in a corner cell)
     cam[1] = 0
     low, high = cam_keep_masks(cam, 64, [(8, 8), (4, 4)])
     assert low.shape == (2, 64) and high.shape == (2, 16) and low.dtype == torch.bool
     grid = high[0].view(4, 4)
     assert not grid[0, 0] and not grid[0, -1] and not grid[-1, 0] and not grid[-1, -1]
     assert grid.sum() == 12 and not high[1].any()
+    # a constant map is 0 after the published min-max: nothing kept
+    assert not cam_keep_masks(torch.ones(1, 4, 4), 64, [(4, 4)])[0].any()
+    # kept where the pooled value is >= the threshold (cam.py generate_binary_mask), not only above it
+    exact = torch.full((1, 64, 64), 0.5)
+    assert keep_masks_from_full(exact, [(4, 4)], threshold=0.5)[0].sum() == 12
+    assert keep_masks_from_full(exact - 1e-3, [(4, 4)], threshold=0.5)[0].sum() == 0
 
 
 def test_target_classes():

@@ -16,6 +16,8 @@ from types import MappingProxyType
 from typing import Callable, Mapping
 
 from .demo import DEMO_DEFAULTS, DEMO_LAYOUT, ensure_demo_dataset, read_demo
+from .demo_coco import (DEMO_COCO_DEFAULTS, DEMO_COCO_LAYOUT, ensure_demo_coco_dataset, load_object_masks,
+                        read_demo_coco)
 from .readers import (COCO_LAYOUT, FOLDER_LAYOUT, LIST_LAYOUT, VOC_LAYOUT, read_coco, read_folder,
                       read_list_format, read_voc)
 
@@ -46,6 +48,9 @@ class DatasetSpec:
     # (root, **options) -> the directory `read` reads, recorded as the dataset's root; only for
     # datasets that place their own files (the demo generates its cache), None: root itself.
     locate: Callable | None = None
+    # (root, split) -> {image file name: uint8 class map}: per-object masks the generator knows (for the
+    # CAM diagnostics); None for datasets without them.
+    object_masks: Callable | None = None
 
     def __post_init__(self):
         if self.hparam_family not in HPARAM_FAMILIES:
@@ -96,8 +101,11 @@ def _folder_reader(name: str) -> Callable:
 
 
 def _demo_reader_options(config: Mapping) -> dict:
-    """--demo-images sets the generated train2014 size; val2014 gets 30% as many (at least one)."""
-    images = config["demo_images"]
+    """--demo-images sets the generated train2014 size; val2014 gets 30% as many (at least one);
+    unset: the generator's own defaults."""
+    images = config.get("demo_images")
+    if images is None:
+        return {}
     return {"train_images": images, "val_images": max(images * 3 // 10, 1)}
 
 
@@ -113,6 +121,15 @@ _SPECS = (
                               sst_pseudo_start_epoch=1),
                 needs_root=False, options=tuple(DEMO_DEFAULTS), reader_options=_demo_reader_options,
                 locate=ensure_demo_dataset),
+    # The COCO-like benchmark (demo_coco.py): 40 long-tailed classes in scenes; k = 2.89 is the measured
+    # mean number of labels per generated image; the published 20 epochs.
+    DatasetSpec("demo-coco", read_demo_coco,
+                DEMO_COCO_LAYOUT,
+                expected_positives=2.89,
+                defaults=dict(image_size=128, dim=256, ffn=512, epochs=20, batch_size=16, lr_step=16, workers=2),
+                needs_root=False, options=tuple(DEMO_COCO_DEFAULTS), reader_options=_demo_reader_options,
+                locate=ensure_demo_coco_dataset,
+                object_masks=load_object_masks),
     # k = 2.9: expected_num_pos['coco'] of Cole et al.'s train.py, which EPR and ROLE use; Scob's
     # public main.py uses 3.9, which is Scob's own default (Scob.published_expected_positives).
     DatasetSpec("coco2014", _read_coco2014, COCO_LAYOUT, expected_positives=2.9, hparam_family="coco"),

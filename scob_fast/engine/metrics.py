@@ -1,13 +1,27 @@
 """Multi-label metrics: mAP and the CP/CR/CF1/OP/OR/OF1 family (threshold and top-3).
 
-Average precision follows scikit-learn's definition (step-wise precision at each distinct score,
-weighted by the recall increment). A class with no positive in the evaluated split has no defined
-AP: by default it is left out of the mean and reported (`empty_classes`); `empty_class="zero"`
-counts it as 0 the way the single-positive benchmark code does.
+Average precision, `ap=`:
+- "sklearn" (default): scikit-learn's definition (step-wise precision at each distinct score,
+  weighted by the recall increment; tied scores form one threshold);
+- "voc-interpolated": all-point interpolated AP, VOC 2010-2012 style, as SST's public code computes
+  mAP (HCP-MLR-PL utils/metrics.py Compute_mAP_VOC2012 + ComputeAP_VOC): rank the images by score,
+  precision and recall after every rank, precision replaced by its maximum at any higher recall,
+  summed over the recall increments between (0, 0) and (1, 0) appended at the ends. Ties are
+  ranked in row order (a stable sort; the public code's np.argsort leaves their order unspecified).
+A class with no positive in the evaluated split has no defined AP: by default it is left out of the
+mean and reported (`empty_classes`); `empty_class="zero"` counts it as 0 the way the single-positive
+benchmark code does.
+
+Which epoch is the result (`SELECTION_MODES`, applied by the trainer): "val", the best held-out val
+mAP, or "test-best-epoch", the best mAP on the test split itself, as the public Scob, SST and SADCL
+codes report it.
 """
 from __future__ import annotations
 
 import numpy as np
+
+AP_MODES = ("sklearn", "voc-interpolated")
+SELECTION_MODES = ("val", "test-best-epoch")
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
@@ -29,12 +43,37 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     return float((recall_step * precision).sum())
 
 
-def mean_average_precision(scores: np.ndarray, targets: np.ndarray, empty_class: str = "exclude") -> tuple[float, np.ndarray]:
+def voc_interpolated_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """All-point interpolated AP of one class (VOC 2010-2012; see the module docstring); nan when
+    the class has no positive."""
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets) > 0
+    positives = targets.sum()
+    if positives == 0:
+        return float("nan")
+    ranked = targets[np.argsort(-scores, kind="stable")]
+    tp = np.cumsum(ranked)
+    precision = tp / np.arange(1, len(ranked) + 1)
+    recall = np.r_[0.0, tp / positives, 1.0]
+    # The precision envelope: at each rank, the best precision at this or any later rank.
+    envelope = np.maximum.accumulate(np.r_[0.0, precision, 0.0][::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1])
+    return float(((recall[steps + 1] - recall[steps]) * envelope[steps + 1]).sum())
+
+
+AP_FUNCTIONS = {"sklearn": average_precision, "voc-interpolated": voc_interpolated_average_precision}
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray, empty_class: str = "exclude",
+                           ap: str = "sklearn") -> tuple[float, np.ndarray]:
     if scores.shape != targets.shape or scores.ndim != 2:
         raise ValueError(f"scores {scores.shape} and targets {targets.shape} must both be [N, C]")
     if empty_class not in ("exclude", "zero"):
         raise ValueError(f"empty_class must be 'exclude' or 'zero', got {empty_class!r}")
-    ap = np.array([average_precision(scores[:, c], targets[:, c]) for c in range(scores.shape[1])])
+    if ap not in AP_FUNCTIONS:
+        raise ValueError(f"ap must be one of {', '.join(AP_MODES)}, got {ap!r}")
+    per_class = AP_FUNCTIONS[ap]
+    ap = np.array([per_class(scores[:, c], targets[:, c]) for c in range(scores.shape[1])])
     if empty_class == "zero":
         return float(np.nan_to_num(ap, nan=0.0).mean()), ap
     valid = ~np.isnan(ap)
@@ -56,12 +95,12 @@ def _prf(predicted: np.ndarray, targets: np.ndarray, prefix: str) -> dict:
 
 
 def multilabel_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float = 0.5, top_k: int = 3,
-                       empty_class: str = "exclude") -> dict:
+                       empty_class: str = "exclude", ap: str = "sklearn") -> dict:
     """scores: probabilities [N, C]; targets: {0,1} [N, C]. Top-k metrics predict the k highest scores
-    of each image regardless of the threshold."""
+    of each image regardless of the threshold; `ap` is the per-class AP of mAP (AP_MODES)."""
     scores = np.asarray(scores, dtype=np.float64)
     targets = np.asarray(targets) > 0
-    mAP, ap = mean_average_precision(scores, targets, empty_class)
+    mAP, ap = mean_average_precision(scores, targets, empty_class, ap)
     out = {"mAP": mAP, "empty_classes": int(np.isnan(ap).sum())}
     out.update(_prf(scores >= threshold, targets, ""))
     k = min(top_k, scores.shape[1])

@@ -68,11 +68,11 @@ def predict_scores(method, loader, device, amp: AmpPolicy) -> tuple:
 
 
 def evaluate(method, loader, device, amp: AmpPolicy, empty_class: str = "exclude", *, split: str = "val",
-             epoch: int = -1, observers=()) -> dict:
+             epoch: int = -1, observers=(), ap: str = "sklearn") -> dict:
     scores, targets = predict_scores(method, loader, device, amp)
     for observer in observers:
         observer.on_scores(split, epoch, scores, targets)
-    metrics = multilabel_metrics(scores, targets, empty_class=empty_class)
+    metrics = multilabel_metrics(scores, targets, empty_class=empty_class, ap=ap)
     metrics["skipped_images"] = int(getattr(loader, "skipped", 0))
     return metrics
 
@@ -191,9 +191,12 @@ def train_one_epoch(method, loader, optimizer, device, *, epoch: int, epochs: in
 def fit(method, optimizer, scheduler, train_loader, val_loader, run_dir: RunDirectory, *, device, amp: AmpPolicy,
         epochs: int, state: FitProgress | None = None, max_steps: int | None = None, quiet: bool = False,
         empty_class: str = "exclude", checkpoint_args: dict | None = None, max_nonfinite_steps: int = 5,
-        checkpoint_every: int | None = None, observers=()) -> FitProgress:
+        checkpoint_every: int | None = None, observers=(), ap: str = "sklearn", select_loader=None,
+        select_split: str = "val") -> FitProgress:
     """Train from `state` to `epochs`, evaluating on `val_loader` after every epoch; best.pth holds the
-    epoch with the highest (finite) validation mAP, last.pth the latest position."""
+    epoch with the highest (finite) selection mAP, last.pth the latest position. The selection mAP
+    is the validation mAP, or with `select_loader` that loader's (logged as `<select_split>_*`
+    columns): e.g. the test split, for the test-best-epoch reporting of some public codes."""
     state = state or FitProgress()
     args = checkpoint_args or {}
     stop = _StopSignal()
@@ -222,19 +225,25 @@ def fit(method, optimizer, scheduler, train_loader, val_loader, run_dir: RunDire
             row.update({f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)})
             scheduler.step()
             metrics = evaluate(method, val_loader, device, amp, empty_class, split="val", epoch=epoch,
-                               observers=observers)
+                               observers=observers, ap=ap)
             row.update({f"val_{k}": v for k, v in metrics.items()})
+            selected = metrics
+            if select_loader is not None:
+                # Not shown to the observers: their test-split reports are of the final weights.
+                selected = evaluate(method, select_loader, device, amp, empty_class, split=select_split,
+                                    epoch=epoch, ap=ap)
+                row.update({f"{select_split}_{k}": v for k, v in selected.items()})
             run_dir.append_summary(row)
             for observer in observers:
                 observer.on_epoch(epoch, row)
-            improved = math.isfinite(metrics["mAP"]) and metrics["mAP"] > state.best_map
+            improved = math.isfinite(selected["mAP"]) and selected["mAP"] > state.best_map
             if improved:
-                state.best_map, state.best_epoch = metrics["mAP"], epoch
+                state.best_map, state.best_epoch = selected["mAP"], epoch
             state.start_epoch = epoch + 1
             state.epoch_sums, state.epoch_time_s, state.epoch_images = {}, 0.0, 0
             save(epoch + 1, 0, improved)
-            log.info("epoch %d: val mAP %.4f (best %.4f @ %d), CF1 %.4f, OF1 %.4f, %.1f img/s, %.0f s",
-                     epoch + 1, metrics["mAP"], state.best_map, state.best_epoch + 1, metrics["CF1"],
+            log.info("epoch %d: val mAP %.4f (best %s %.4f @ %d), CF1 %.4f, OF1 %.4f, %.1f img/s, %.0f s",
+                     epoch + 1, metrics["mAP"], select_split, state.best_map, state.best_epoch + 1, metrics["CF1"],
                      metrics["OF1"], row["train_images_per_s"], row["train_time_s"])
             if stop.received is not None:
                 raise TrainingInterrupted(f"{signal.Signals(stop.received).name}: stopped after epoch {epoch + 1}; "

@@ -63,6 +63,12 @@ class Method(nn.Module):
     supports_feature_cache = True     # can it train from --cache-features batches (no image views)?
     label_regimes = ("single",)       # the label regimes this method is meant for; the first is its default
 
+    @classmethod
+    def needs_unfolded_batchnorm(cls, config) -> bool:
+        """Does this method (with its options `config`) run the frozen backbone's BatchNorm on batch
+        statistics? The app then builds the backbone without folding BN into the convolutions."""
+        return False
+
     def __init__(self, ctx: MethodContext):
         super().__init__()
         self.ctx = ctx
@@ -108,9 +114,27 @@ class Method(nn.Module):
 
     def state_dict_for_checkpoint(self) -> dict:
         # The frozen backbone is rebuilt from its weights file; don't store 100 MB of it per checkpoint.
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+        # Its trainable stages (parameters and BN statistics) are kept: they are the run's own.
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+        trained = getattr(self.backbone, "trainable_state_dict", dict)()
+        state.update({f"backbone.{k}": v for k, v in trained.items()})
+        return state
 
-    def load_checkpoint_state(self, state: dict) -> None:
+    def load_checkpoint_state(self, state: dict, require_backbone: bool = True) -> None:
+        """Load what state_dict_for_checkpoint saved. `require_backbone=False` (a warm start from
+        another run, --init-from) lets trainable backbone stages that the checkpoint lacks keep the
+        weights file's values."""
+        trainable = {f"backbone.{k}" for k in getattr(self.backbone, "trainable_state_dict", dict)()}
+        saved = {k for k in state if k.startswith("backbone.")}
+        stages = ", ".join(getattr(self.backbone, "trainable_stages", ())) or "none"
+        if saved - trainable:
+            # Loading trained stage weights into a backbone whose BN is folded would be silently wrong.
+            raise ValueError(f"checkpoint holds trained backbone weights ({sorted(saved - trainable)[0]}, ...) that "
+                             f"this backbone does not train (trainable stages: {stages}); rebuild it with the "
+                             "run's own --backbone, --train-backbone and --bn-mode")
+        if require_backbone and trainable - saved:
+            raise ValueError(f"checkpoint lacks the weights of the trainable backbone stages ({stages}): missing "
+                             f"{sorted(trainable - saved)[:3]}; it was trained with another --train-backbone")
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:
@@ -119,11 +143,13 @@ class Method(nn.Module):
 
     # -- helpers for subclasses ---------------------------------------------------------------
     def clean_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The frozen backbone's two levels of the clean view: from the feature cache when the batch
-        carries them, else one backbone pass."""
+        """The backbone's two levels of the clean view: from the feature cache when the batch carries
+        them, else one backbone pass: without autograd when the backbone is frozen, with it (for its
+        trainable stages; the frozen prefix still keeps nothing) when it trains."""
         if "features_low" in batch:
             return batch["features_low"], batch["features_high"]
-        with torch.no_grad(), self.ctx.amp.autocast():
+        trains = bool(getattr(self.backbone, "trainable", False)) and torch.is_grad_enabled()
+        with torch.set_grad_enabled(trains), self.ctx.amp.autocast():
             return self.backbone(batch["image"])
 
     def predict_from_features(self, f_low: torch.Tensor, f_high: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,15 @@ STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80)
           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
 # Index of the last block of the stride-16 stage (112 channels): the "low" feature level.
 LOW_LEVEL_BLOCK = 10
+# The blocks grouped into ResNet-like stages by the stride at which each group ends, so that
+# `--train-backbone layer4` means the same part of the network for every backbone:
+#   stem   _conv_stem, _bn0, block 0       stride 2, 16 ch
+#   layer1 blocks 1-2                      stride 4, 24 ch
+#   layer2 blocks 3-4                      stride 8, 40 ch
+#   layer3 blocks 5-10                     stride 16, 80 -> 112 ch (the low feature level)
+#   layer4 blocks 11-15, _conv_head, _bn1  stride 32, 192 -> 320 -> 1280 ch (the high level)
+STAGE_BLOCKS = {"stem": range(0, 1), "layer1": range(1, 3), "layer2": range(3, 5), "layer3": range(5, 11),
+                "layer4": range(11, 16)}
 
 
 class Conv2dSame(nn.Conv2d):
@@ -106,6 +115,39 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = _bn(1280)
         self._fc = nn.Linear(1280, num_classes)
 
+    STAGE_NAMES = tuple(STAGE_BLOCKS)
+    LOW_STAGE = "layer3"      # its output is the low feature level (stride 16)
+
+    def stage_modules(self, stage: str) -> list[nn.Module]:
+        """The modules whose parameters and buffers belong to `stage` (names unchanged)."""
+        if stage not in STAGE_BLOCKS:
+            raise ValueError(f"unknown EfficientNet-Lite0 stage {stage!r}; choose from {self.STAGE_NAMES}")
+        modules = [self._blocks[i] for i in STAGE_BLOCKS[stage]]
+        if stage == "stem":
+            modules = [self._conv_stem, self._bn0, *modules]
+        elif stage == "layer4":
+            modules = [*modules, self._conv_head, self._bn1]
+        return modules
+
+    def run_stage(self, stage: str, x: torch.Tensor) -> torch.Tensor:
+        if stage == "stem":
+            x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
+        for index in STAGE_BLOCKS[stage]:
+            x = self._blocks[index](x)
+        if stage == "layer4":
+            x = F.relu6(self._bn1(self._conv_head(x)))
+        return x
+
+    def fold_stage_batchnorm(self, stage: str) -> None:
+        """Inference-only: fold the stage's BNs into its convolutions (its state_dict names change)."""
+        pairs = {"stem": [("_conv_stem", "_bn0")], "layer4": [("_conv_head", "_bn1")]}.get(stage, [])
+        for conv, bn in pairs:
+            if not isinstance(getattr(self, bn), nn.Identity):
+                fold_batchnorm(getattr(self, conv), getattr(self, bn))
+                setattr(self, bn, nn.Identity())
+        for index in STAGE_BLOCKS[stage]:
+            self._blocks[index].fold_batchnorm()
+
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(stride-16 features after block 10, 112 ch; stride-32 features after the head conv, 1280 ch)."""
         x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
@@ -118,11 +160,8 @@ class EfficientNetLite0(nn.Module):
 
     def fold_batchnorm(self) -> None:
         """Inference-only: fold every BN into its convolution (state_dict names change)."""
-        fold_batchnorm(self._conv_stem, self._bn0)
-        fold_batchnorm(self._conv_head, self._bn1)
-        self._bn0, self._bn1 = nn.Identity(), nn.Identity()
-        for block in self._blocks:
-            block.fold_batchnorm()
+        for stage in self.STAGE_NAMES:
+            self.fold_stage_batchnorm(stage)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         high = self.features(x)[1]

@@ -35,13 +35,15 @@ def estimator_drift(logits: torch.Tensor, initial: torch.Tensor, observed_positi
 class LabelEstimator(nn.Module):
     INIT_LOW, INIT_HIGH, POSITIVE = 0.2, 0.8, 0.995
 
-    def __init__(self, observed: torch.Tensor, seed: int = 0):
-        """observed: [N, C] with 1 = observed positive (anything else is left to the random init)."""
+    def __init__(self, observed: torch.Tensor, seed: int = 0, init_width: float = 0.3):
+        """observed: [N, C] with 1 = observed positive (anything else is left to the random init);
+        unknowns start uniform in logit space over [logit(0.5 - init_width), logit(0.5 + init_width)]
+        (Scob's public code: 0.2..0.8, i.e. 0.3; ROLE's, Cole et al. models.py: 0.1)."""
         super().__init__()
         if observed.dim() != 2:
             raise ValueError(f"LabelEstimator: observed must be [N, C], got shape {tuple(observed.shape)}")
         generator = torch.Generator().manual_seed(seed)
-        logits = uniform_logits(observed.shape, 0.5 - self.INIT_LOW, generator)
+        logits = uniform_logits(observed.shape, init_width, generator)
         logits[observed == 1] = _logit(self.POSITIVE)
         self.logits = nn.Parameter(logits)
         # The start, kept for the drift diagnostic only: rebuilt from the seed, so not checkpointed.

@@ -35,10 +35,13 @@ How the methods call it:
 
 Backends (first that can run wins; SCOB_FAST_LABEL_CONTRASTIVE_BACKEND or `backend=` forces one):
 cpp (C++ CPU: MKL GEMM tiles + OpenMP online log-sum-exp), triton (fused GPU kernels), cuda (cuBLAS
-tiles + CUDA epilogues), reference (dense PyTorch, the definition). Gradients flow to anchors,
-candidates and the extra positive; class weights are treated as constants (they are a statistic).
-Kernel backends compute in float32 (float64 for float64 inputs) and return a float32 loss for
-bfloat16/float16 inputs.
+tiles + CUDA epilogues), reference (dense PyTorch, the definition), dense (the same formula in a few
+N x M PyTorch passes, autograd backward; CPU). Automatic choice: on CPU `dense_rule` picks dense while
+2^14 <= N x M <= 2^20 and a backward follows or the C++ kernel's 256-anchor blocks cannot occupy
+every thread; otherwise the priority order. `last_backend("label_contrastive")` says which ran.
+Gradients flow to anchors, candidates and the extra positive; class weights are treated as
+constants (they are a statistic). Kernel backends and dense compute in float32 (float64 for float64
+inputs) and return a float32 loss for bfloat16/float16 inputs.
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ from scob_fast import env
 from scob_fast.ops._dispatch import Backend, Dispatcher
 from scob_fast.ops._kernel_op import register_kernel_op, triton_missing
 
-__all__ = ["label_contrastive_loss", "label_contrastive_loss_reference", "DISPATCHER"]
+__all__ = ["label_contrastive_loss", "label_contrastive_loss_reference", "DISPATCHER", "dense_rule"]
 
 OP_NAME = "label_contrastive"
 WEIGHT_MODES = ("exp", "logit")
@@ -220,6 +223,71 @@ def label_contrastive_loss_reference(anchors: Tensor, anchor_labels: Tensor, can
 
 
 # ----------------------------------------------------------------------------------------------
+# Dense small-size path: the definition as few N x M passes of PyTorch as it takes, computed like the
+# kernels (float32, float64 for float64 inputs); autograd gives the backward.
+# ----------------------------------------------------------------------------------------------
+
+def _logsumexp_rows(g: Tensor) -> Tensor:
+    """log sum_j exp(g_ij) of each row; -inf for a row without a finite entry (no allowed candidate,
+    or only weights of 0), whose gradient is then 0 rather than torch.logsumexp's NaN. No branch on
+    the data, so torch.compile traces it whole."""
+    if g.shape[1] == 0:   # no candidates at all
+        return g.new_full(g.shape[:1], float("-inf")) + g.sum(dim=1)
+    peak = g.detach().amax(dim=1, keepdim=True)
+    peak = torch.where(torch.isfinite(peak), peak, 0.0)
+    total = torch.exp(g - peak).sum(dim=1)
+    alive = total > 0
+    return torch.where(alive, torch.log(torch.where(alive, total, 1.0)) + peak.squeeze(1), float("-inf"))
+
+
+def _dense_loss(anchors: Tensor, anchor_labels: Tensor, candidates: Tensor, candidate_labels: Tensor,
+                class_weights: Optional[Tensor], extra_logit: Optional[Tensor], temperature: float,
+                logit_shift: float, logit_form: bool, label_positives: bool,
+                exclude_self: bool) -> tuple[Tensor, Tensor]:
+    """(loss [N], count [N]) of the module docstring's formula, dense; candidates may be anchors (self mode)."""
+    acc = _acc_dtype(anchors)
+    a = anchors.to(acc)
+    c = a if candidates is anchors else candidates.to(acc)
+    y_a, y_c = anchor_labels.long(), candidate_labels.long()
+    n = a.shape[0]
+    inv_t = 1.0 / temperature
+    z = torch.addmm(a.new_tensor(logit_shift * inv_t), a, c.T, alpha=inv_t)     # (s + shift) / t
+    g = z
+    if class_weights is not None:
+        table = class_weights.to(acc)
+        if logit_form:
+            g = z * table[y_a.clamp(min=0)].index_select(1, y_c.clamp(min=0))
+        else:   # w exp(z) = exp(z + log w); log 0 = -inf drops the term
+            g = z + table.log()[y_a.clamp(min=0)].index_select(1, y_c.clamp(min=0))
+    # Ignored candidates leave the denominator; added after any logit-form weight (0 x -inf = NaN).
+    g = g + torch.where(y_c < 0, float("-inf"), 0.0).to(acc)
+    if exclude_self:
+        g.diagonal().fill_(float("-inf"))   # in place: the add above does not need g for its gradient
+    lse = _logsumexp_rows(g)
+
+    ignored = y_a < 0
+    numerator = a.new_zeros(n)
+    count = torch.zeros(n, dtype=torch.long, device=a.device)
+    if label_positives:
+        # same label as the anchor (so not ignored, when the anchor is not), not itself
+        positive = y_a[:, None] == y_c[None, :]
+        if exclude_self:
+            positive.diagonal().fill_(False)
+        count = positive.sum(dim=1)
+        numerator = torch.where(positive, z, 0.0).sum(dim=1)
+        if class_weights is not None and logit_form:   # positives share the anchor's label: W[y_i, y_i]
+            numerator = numerator * table.diagonal()[y_a.clamp(min=0)]
+    if extra_logit is not None:
+        e = (extra_logit.to(acc) + logit_shift) * inv_t
+        lse = torch.logaddexp(lse, e)
+        numerator = numerator + e
+        count = count + 1
+    valid = ~ignored & (count > 0)
+    loss = torch.where(valid, lse - numerator / count.clamp(min=1).to(acc), 0.0)
+    return loss, torch.where(valid, count, 0)
+
+
+# ----------------------------------------------------------------------------------------------
 # Kernel ops: scob_fast::label_contrastive_{fwd,bwd} (C++: CPU, and CUDA in CUDA builds) and
 # scob_fast::label_contrastive_triton_{fwd,bwd} (scob_fast/kernels/label_contrastive.py). Forward
 # returns (loss [N], lse [N], count [N]): lse and count are what backward needs instead of the N x M
@@ -323,11 +391,42 @@ def _refuse_cuda(*tensors) -> Optional[str]:
     return None
 
 
+# The dense path's size rule (measured with bench/label_contrastive.py and its --quick grid).
+DENSE_MIN_PAIRS = 1 << 14      # N x M below: every path costs ~0.5 ms of op overhead; the kernel stays
+DENSE_MAX_PAIRS = 1 << 20      # N x M above: the kernels' linear memory (dense holds a few 4 MiB N x M arrays)
+KERNEL_BLOCK_ROWS = 256        # csrc/label_contrastive/label_contrastive_cpu.cpp kTileN: one thread per block
+
+
+def dense_rule(n: int, m: int, threads: int, backward: bool) -> Optional[str]:
+    """None when the automatic choice is the dense path, else why not. It runs while N x M is
+    moderate and either a backward follows (the C++ backward recomputes the similarities, a fourth
+    GEMM, to stay linear in memory; dense keeps them: forward+backward 1.1x-1.3x faster than the
+    kernel at N = M = 512-1024, D = 256 and 1024, one thread, bench/label_contrastive.py --quick) or
+    the C++ kernel, which gives each thread whole blocks of 256 anchors, would leave threads idle
+    (N = 512 on 16 threads: 2 busy; the issue reports 0.48x the dense reference there)."""
+    if n * m < DENSE_MIN_PAIRS:
+        return f"N x M = {n * m} < {DENSE_MIN_PAIRS}: overhead-bound, the kernel's single call is as fast"
+    if n * m > DENSE_MAX_PAIRS:
+        return f"N x M = {n * m} > {DENSE_MAX_PAIRS} (the kernels never hold N x M)"
+    blocks = -(-n // KERNEL_BLOCK_ROWS)
+    if not backward and blocks >= threads:
+        return (f"forward only, and the cpp kernel's {blocks} block(s) of {KERNEL_BLOCK_ROWS} anchors occupy all "
+                f"{threads} thread(s)")
+    return None
+
+
+def _refuse_dense(*tensors) -> Optional[str]:
+    if any(t.device.type != "cpu" for t in tensors):
+        return "needs CPU tensors"
+    return None
+
+
 DISPATCHER = Dispatcher(OP_NAME, [
     Backend("cpp", _refuse_cpp, KERNEL.cpp_missing),
     Backend("triton", _refuse_triton, triton_missing),
     Backend("cuda", _refuse_cuda, _cuda_build_error),
     Backend("reference", lambda *tensors: None),
+    Backend("dense", _refuse_dense),   # after reference: chosen automatically by `dense_rule` only
 ])
 
 
@@ -353,7 +452,7 @@ def label_contrastive_loss(anchors: Tensor, anchor_labels: Tensor, candidates: O
     the temperature (Scob: 1.0; it cancels in the "exp" form). exclude_self: candidate i is not a
     candidate of anchor i (default True exactly when candidates is None). reduction: "mean" over
     anchors with a positive, "sum" or "none". return_counts: also return the [N] positive counts
-    (0 = excluded anchor). backend: force "cpp", "triton", "cuda" or "reference".
+    (0 = excluded anchor). backend: force "cpp", "triton", "cuda", "reference" or "dense".
     Non-contiguous inputs are accepted (copied once). Returns a float32 loss for 16-bit inputs.
     """
     candidates, candidate_labels, self_mode = _validate(
@@ -361,6 +460,12 @@ def label_contrastive_loss(anchors: Tensor, anchor_labels: Tensor, candidates: O
         positives, weight_mode, reduction)
     exclude_self = self_mode if exclude_self is None else bool(exclude_self)
     tensors = [anchors] if self_mode else [anchors, candidates]
+    automatic = (backend or env.forced_backend(OP_NAME) or "auto").lower() == "auto"
+    if automatic and _refuse_dense(*tensors) is None:
+        differentiable = [anchors, candidates] + ([extra_positive] if extra_positive is not None else [])
+        backward = torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
+        if dense_rule(anchors.shape[0], candidates.shape[0], torch.get_num_threads(), backward) is None:
+            backend = "dense"
     chosen = DISPATCHER.select(backend, *tensors)
     if chosen == "reference":
         return label_contrastive_loss_reference(
@@ -381,6 +486,12 @@ def label_contrastive_loss(anchors: Tensor, anchor_labels: Tensor, candidates: O
         else:
             extra_logit = extra_positive.to(acc).contiguous()
     weights = class_weights.detach().contiguous() if class_weights is not None else None
+    if chosen == "dense":
+        loss, count = _dense_loss(anchors, anchor_labels, candidates, candidate_labels, weights, extra_logit,
+                                  float(temperature), float(logit_shift), weight_mode == "logit",
+                                  positives == "label", exclude_self)
+        out = _reduce(loss, count, reduction)
+        return (out, count) if return_counts else out
     # cpp and cuda are the same C++ op, dispatched on the tensors' device
     loss, _, count = KERNEL.forward(chosen)(
         anchors, anchor_labels, candidates, candidate_labels, weights, extra_logit, float(temperature),

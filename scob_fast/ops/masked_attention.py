@@ -20,11 +20,21 @@ Backends (priority order; `backend=` or SCOB_FAST_MASKED_ATTENTION_BACKEND / SCO
   cuda       CUDA C++ kernel (csrc/masked_attention/*.cu), CUDA builds only
   reference  pure PyTorch (`masked_attention_reference`), materialises the B x H x L x L weights
   sdpa       torch's scaled_dot_product_attention with the boolean mask (what nn.MultiheadAttention
-             with key_padding_mask runs), all-masked samples zeroed; never chosen automatically:
-             its dropout is torch's own (same distribution, not the seeded pattern of the others).
-             It is the attention of the "reference procedure + SDPA" row of bench/train_step.py.
+             with key_padding_mask runs), all-masked samples zeroed; its dropout is torch's own (same
+             distribution, not the seeded pattern of the others). It is the attention of the
+             "reference procedure + SDPA" row of bench/train_step.py. Chosen automatically only by
+             the rule below, where it has no mask and no dropout, so its result is the op's.
 The cpp, cuda and triton backends have their own backward kernels; all three are torch ops with the
 same fake kernels (torch.compile) and autograd, registered by scob_fast/ops/_kernel_op.py.
+
+Automatic choice, CPU: a forward-only call (no gradient will be recorded) with dropout_p = 0 that
+masks no key runs torch's SDPA without a mask (`last_backend` says "sdpa"): there the C++ kernel
+has nothing to skip and torch's flash kernel is as fast or faster (bench/masked_attention.py
+--quick, B = 8, median of 3 runs: the C++ kernel 0.78x SDPA at L = 196, 1.08x at L = 784; this
+rule 1.08x and 1.02x), while with a gradient the C++ forward+backward stays ahead (1.2x at keep
+1.0) and with masked keys the C++ kernel skips them (2.6x at keep 0.3, L = 784). Everything else
+follows the priority order. While torch.compile traces, the rule (which reads key_keep) is not
+applied.
 """
 from __future__ import annotations
 
@@ -200,6 +210,21 @@ def _cuda_refuses(q, k, v, key_keep) -> Optional[str]:
     return None
 
 
+# dtypes of torch's CPU flash kernel (float16 CPU tensors would otherwise go to the reference).
+_SDPA_RULE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def sdpa_rule_applies(q, k, v, key_keep, dropout_p: float) -> bool:
+    """The automatic CPU rule of the module docstring: forward-only, no dropout, no key masked."""
+    if q.device.type != "cpu" or q.dtype not in _SDPA_RULE_DTYPES or dropout_p > 0.0 or key_keep.numel() == 0:
+        return False
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return False
+    if torch.compiler.is_compiling():
+        return False   # reading key_keep would be data-dependent control flow in the graph
+    return bool(key_keep.all())
+
+
 def masked_attention_sdpa(q, k, v, key_keep, scale: float, dropout_p: float = 0.0) -> torch.Tensor:
     kept_any = key_keep.any(dim=1)[:, None, None, None]
     # A sample without any kept key attends everywhere (no NaN) and is then zeroed, output and gradient.
@@ -225,6 +250,10 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_keep
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"masked_attention: argument 'scale' must be finite, got {scale}")
+    automatic = (backend or env.forced_backend(OP_NAME) or "auto").lower() == "auto"
+    if automatic and sdpa_rule_applies(q, k, v, key_keep, dropout_p):
+        DISPATCHER.select("sdpa", q, k, v, key_keep)   # records last_backend = "sdpa"
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
     chosen = DISPATCHER.select(backend, q, k, v, key_keep)
     if chosen == "reference":
         return masked_attention_reference(q, k, v, key_keep, scale, dropout_p, seed)
@@ -238,4 +267,4 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_keep
 
 
 __all__ = ["DISPATCHER", "masked_attention", "masked_attention_reference", "masked_attention_sdpa",
-           "dropout_keep_mask"]
+           "dropout_keep_mask", "sdpa_rule_applies"]

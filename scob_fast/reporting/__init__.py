@@ -12,6 +12,29 @@ from pathlib import Path
 log = logging.getLogger("scob_fast.reporting")
 
 
+def build_diagnostics(config, run_dir, method, train_set, observed, observers: list):
+    """The TrainingDiagnostics observer of this run (None with --no-diagnostics); reads the dataset's
+    object masks in the training rows' order when its registry entry has them."""
+    if not config.report.diagnostics:
+        return None
+    import os
+
+    import numpy as np
+
+    from scob_fast.data.registry import dataset_spec
+
+    from .diagnostics import TrainingDiagnostics
+    from .observers import TensorBoardObserver
+    maps = None
+    loader = dataset_spec(config.data.dataset).object_masks
+    if loader is not None:
+        by_name = loader(train_set.root, "train")
+        maps = np.stack([by_name[os.path.basename(p)] for p in train_set.image_paths])
+    board = next((o for o in observers if isinstance(o, TensorBoardObserver)), None)
+    return TrainingDiagnostics(getattr(run_dir, "path", run_dir), method, train_set.labels, observed, maps, board,
+                               plots=config.report.plots)
+
+
 def build_observers(config, run_dir, class_names: list[str]) -> list:
     """The observers (scob_fast.engine.trainer.Observer) for this run."""
     from .observers import PerClassReport, ProgressSettings, TensorBoardObserver, tensorboard_available

@@ -21,3 +21,6 @@ class ReportOptions:
     threshold: float = option(0.5, "score threshold of the per-class precision/recall in per_class.csv")
     plots: bool = option(True, "write PNG plots into the run directory at the end (per-class AP, PR curves, "
                          "mAP and losses over epochs)")
+    diagnostics: bool = option(True, "write diagnostics.csv each epoch: the label estimator's mAP against the true "
+                               "training labels and its drift, CAM keep-mask precision/recall where the dataset "
+                               "has object masks (demo-coco), loss-term shares, prototype bank fill/purity")

@@ -115,3 +115,40 @@ def plot_training_curves(summary_csv: str | Path, path: str | Path) -> Path:
         if len(epochs) <= 20:
             axes.set_xticks([e for e in epochs if not math.isnan(e)])
     return _save(figure, path)
+
+
+_DIAGNOSTIC_PANELS = (
+    ("label estimator vs true training labels", ("estimator_mAP", "estimator_mAP_unknown"), "mAP %"),
+    ("estimates of unknown entries", ("estimate_unknown_pos", "estimate_neg", "estimator_drift"), "probability"),
+    ("CAM keep masks vs object masks", ("cam0_precision", "cam0_recall", "cam0_chance", "cam1_precision",
+                                        "cam1_recall", "cam1_chance"), "share"),
+    ("loss shares and prototype bank", None, "share"),
+)
+
+
+def plot_diagnostics(diagnostics_csv: str | Path, path: str | Path, title: str = "") -> Path:
+    """The per-epoch columns of diagnostics.csv (TrainingDiagnostics) in four panels; a panel shows only
+    the columns the run has (no CAM panel lines for methods without masks)."""
+    rows = read_summary(diagnostics_csv)
+    epochs = [int(r["epoch"]) for r in rows]
+    columns = list(rows[0]) if rows else []
+    figure = _figure(11.0, 7.5)
+    for slot, (name, keys, unit) in enumerate(_DIAGNOSTIC_PANELS, start=1):
+        axes = figure.add_subplot(2, 2, slot)
+        if keys is None:
+            keys = [k for k in columns if k.startswith("share_") or k.startswith("bank_")]
+        shown = [k for k in keys if k in columns]
+        for key in shown:
+            axes.plot(epochs, [_number(r.get(key)) for r in rows], marker=".", label=key)
+        axes.set_title(name, fontsize=10)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(unit)
+        axes.grid(alpha=0.3)
+        if shown:
+            axes.legend(fontsize=7)
+        else:
+            axes.text(0.5, 0.5, "not recorded by this run", ha="center", va="center", transform=axes.transAxes)
+    figure.subplots_adjust(hspace=0.35, wspace=0.25)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)

@@ -152,11 +152,14 @@ class LoaderBase:
                 f"failed in epoch {self.epoch}, more than max_bad_fraction={self.max_bad_fraction:g} "
                 f"(SCOB_FAST_MAX_BAD_IMAGE_FRACTION). First failures: {shown}")
 
-    def _assemble(self, index: torch.Tensor, image: torch.Tensor, hard: torch.Tensor | None) -> dict:
+    def _assemble(self, index: torch.Tensor, image: torch.Tensor, hard: torch.Tensor | None,
+                  flip: torch.Tensor | None = None) -> dict:
         index = index.to(torch.int64).reshape(-1)
         cpu_index = index.cpu()
         batch = {"image": image, "observed": self.observed[cpu_index], "labels": self.labels[cpu_index],
                  "index": cpu_index}
+        if flip is not None:  # which images are mirrored (diagnostics compare masks with the true objects)
+            batch["flip"] = flip.reshape(-1)
         if hard is not None:
             batch["image_hard"] = hard
         return batch

@@ -4,11 +4,15 @@ Python reads and checks the encoded files (cheap; the rules of scob_fast.data.im
 the PIL loader) and draws the batch's flips and hard-view factors with augment.draw_batch(seed,
 epoch, batch number), exactly as the PIL loader does; it feeds, through `external_source`, the
 encoded bytes, the multi-hot target, the sample index and those per-sample parameters. DALI's
-threads decode ("mixed" = GPU decoding when a GPU is used, "cpu" otherwise), resize to S x S, flip,
-build the hard view from the SAME resized image (colour twist, grayscale as saturation 0, 3x3
-Gaussian blur) and normalise both views to CHW with the same flip. The pipeline has no random
-operator of its own: DALI's are seeded once per pipeline and cannot be keyed per batch, so a
-resumed run (a new pipeline) would draw differently. DALI pulls batches through a callback and
+threads decode ("mixed" = GPU decoding when a GPU is used, "cpu" otherwise), resize to S x S, flip
+and normalise the clean view to CHW; with a hard view they also return the resized, flipped uint8
+image, from which the loader makes the hard view with the torch definition itself
+(augment.hard_view_from_uint8, on the device DALI delivered to, on a worker thread one batch ahead
+of the batch the caller gets, so that it overlaps DALI and training): the public code's torchvision
+ColorJitter draws a random operation order per image and takes contrast around the image's mean
+grey, which DALI's color_twist (fixed order, contrast around 128) cannot express. The pipeline has
+no random operator of its own: DALI's are seeded once per pipeline and cannot be keyed per batch,
+so a resumed run (a new pipeline) would draw differently. DALI pulls batches through a callback and
 keeps two in flight, so Python's file reading overlaps DALI's decoding.
 
 A file DALI cannot decode breaks the pipeline (DALI 2.4 cannot continue after an operator error), so
@@ -19,17 +23,17 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..augment import HARD_AUG, draw_batch
+from ..augment import draw_batch, hard_view_from_uint8
 from ..images import decode_checked, read_encoded
 from .base import DataLoadError, LoaderBase
 
 _IN_FLIGHT = 2  # prefetch depth: batches DALI works on while Python reads the next files
-_TWIST = ("brightness", "contrast", "saturation", "hue")
 
 
 @dataclass
@@ -54,31 +58,20 @@ def _build_pipeline(source, *, batch_size, threads, device_id, seed, size, mean,
     gpu = device_id is not None
 
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=seed,
-                  prefetch_queue_depth=_IN_FLIGHT, enable_conditionals=hard_view)
+                  prefetch_queue_depth=_IN_FLIGHT)
     def pipe():
-        # encoded, target, index, mirror (+ brightness, contrast, saturation, hue, sigma, twist?, blur?)
+        # encoded, target, index, mirror
         dtypes = [types.UINT8, types.FLOAT, types.INT64, types.INT32]
-        if hard_view:
-            dtypes += [types.FLOAT] * 5 + [types.BOOL] * 2
-        outputs = fn.external_source(source=source, num_outputs=len(dtypes), batch=True, dtype=dtypes,
-                                     ndim=[1, 1, 1] + [0] * (len(dtypes) - 3))
-        encoded, target, index, mirror = outputs[:4]
+        encoded, target, index, mirror = fn.external_source(source=source, num_outputs=len(dtypes), batch=True,
+                                                            dtype=dtypes, ndim=[1, 1, 1, 0])
         image = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
         image = fn.resize(image, resize_x=size, resize_y=size)
-        norm = dict(mean=[255.0 * m for m in mean], std=[255.0 * s for s in std], dtype=out_dtype,
-                    output_layout="CHW", mirror=mirror)
-        clean = fn.crop_mirror_normalize(image, **norm)
+        clean = fn.crop_mirror_normalize(image, mean=[255.0 * m for m in mean], std=[255.0 * s for s in std],
+                                         dtype=out_dtype, output_layout="CHW", mirror=mirror)
         if not hard_view:
             return clean, target, index
-        brightness, contrast, saturation, hue, sigma, twist, blur = outputs[4:]
-        # DALI conditionals route each sample through only the transforms drawn for it, so the
-        # ~56% of images that keep their colours skip color_twist and ~80% skip the blur.
-        hard = image
-        if twist:
-            hard = fn.color_twist(hard, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
-        if blur:
-            hard = fn.gaussian_blur(hard, window_size=HARD_AUG["blur_window"], sigma=sigma)
-        return clean, fn.crop_mirror_normalize(hard, **norm), target, index
+        # the same resized image with the same flip, uint8 HWC: the loader makes the hard view from it
+        return clean, fn.flip(image, horizontal=mirror), target, index
 
     p = pipe()
     p.build()
@@ -125,12 +118,6 @@ class _Feeder:
         labels = self.loader.labels
         out = [fed.encoded, [labels[i].numpy() for i in fed.index], [np.array([i], dtype=np.int64) for i in fed.index],
                _scalars(fed.mirror, np.int32)]
-        if fed.params is not None:
-            p = fed.params
-            # transforms a sample skips are not run at all (hard_pil skips the same identities)
-            twist = (p["brightness"] != 1.0) | (p["contrast"] != 1.0) | (p["saturation"] != 1.0) | (p["hue"] != 0.0)
-            out += [_scalars(p[k], np.float32) for k in (*_TWIST, "sigma")]
-            out += [_scalars(twist, np.bool_), _scalars(p["sigma"] > 0, np.bool_)]
         return out
 
 
@@ -149,6 +136,7 @@ class DaliLoader(LoaderBase):
         self._pipe = None
         self._needs_reset = False
         self._feeder = _Feeder(self)
+        self._executor: ThreadPoolExecutor | None = None
         self.rebuilds = 0
 
     def _new_pipeline(self):
@@ -209,6 +197,16 @@ class DaliLoader(LoaderBase):
         feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(self.device) if on_gpu else None)
         return out
 
+    def _hard_view_thread(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scob-hard-view")
+        return self._executor
+
+    def _finish(self, batch_no: int, index, image, hard, mirror):
+        self.next_batch = batch_no + 1
+        return self._assemble(index, image, None if hard is None else hard.result(),
+                              flip=torch.from_numpy(np.asarray(mirror, dtype=bool)))
+
     def __iter__(self):
         plan = self._start_epoch()
         self._feeder.start(self.epoch, plan)
@@ -219,6 +217,9 @@ class DaliLoader(LoaderBase):
             self._needs_reset = False
         image_dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
         finished = False
+        # One batch of lookahead: while the hard view of batch k is made on a worker thread (torch
+        # releases the GIL), DALI delivers batch k+1 and the caller trains; k is yielded after that.
+        pending = None
         try:
             while True:
                 try:
@@ -226,17 +227,25 @@ class DaliLoader(LoaderBase):
                 except StopIteration:
                     finished = True
                     self._needs_reset = True  # DALI wants reset() before the next epoch
-                    return
+                    break
                 except DataLoadError:
                     raise
                 except Exception as exc:  # DALI raises RuntimeError/IndexError subclasses
                     self._recover(exc)
                     continue
-                self.next_batch = self._feeder.in_flight.popleft().batch + 1
+                fed = self._feeder.in_flight.popleft()
                 image = self._to_torch(outputs[0], image_dtype).to(self.dtype)
-                hard = self._to_torch(outputs[1], image_dtype).to(self.dtype) if self.hard_view else None
                 index = self._to_torch(outputs[-1], torch.int64)
-                yield self._assemble(index, image, hard)
+                hard = None
+                if self.hard_view:
+                    flipped = self._to_torch(outputs[1], torch.uint8).permute(0, 3, 1, 2)
+                    hard = self._hard_view_thread().submit(hard_view_from_uint8, flipped, fed.params, self.mean,
+                                                           self.std, self.dtype, clean=image)
+                if pending is not None:
+                    yield self._finish(*pending)
+                pending = (fed.batch, index, image, hard, fed.mirror)
+            if pending is not None:
+                yield self._finish(*pending)
         finally:
             if not finished:
                 # An abandoned or failed epoch leaves DALI mid-iteration: start clean next time.

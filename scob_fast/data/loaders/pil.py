@@ -1,8 +1,10 @@
 """The PIL + torch DataLoader fallback: same batches and augmentations as the DALI pipeline.
 
 Each worker process builds a whole batch: read and check the files (scob_fast.data.images), decode
-with PIL, bilinear antialiased resize to S x S, flip, hard view with PIL's uint8 C loops
-(augment.hard_pil), then one normalisation per view. Random draws come from
+with PIL, bilinear antialiased resize to S x S, flip, normalise; the hard view is made from the same
+resized and flipped uint8 batch by the torch definition itself (augment.hard_view_from_uint8, the
+public code's torchvision ColorJitter / RandomGrayscale / GaussianBlur), so it is the DALI loader's
+distribution exactly. Random draws come from
 augment.draw_batch(seed, epoch, batch number): the same images, flips and hard-view factors whatever
 the number of workers, and the same after a resume. The DataLoader gets a generator of its own,
 so that creating its iterator (which draws the workers' base seed) leaves torch's global RNG alone.
@@ -16,12 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..augment import draw_batch, hard_pil, normalise
+from ..augment import draw_batch, hard_view_from_uint8, normalise, subset_params
 from ..images import decode_checked, read_encoded
 from .base import LoaderBase
-
-_PARAM_ORDER = ("brightness", "contrast", "saturation", "hue", "sigma")
-
 
 class _BatchBuilder(torch.utils.data.Dataset):
     """Maps (epoch, batch number, indices) to a dict of tensors; runs inside DataLoader workers."""
@@ -38,7 +37,7 @@ class _BatchBuilder(torch.utils.data.Dataset):
         epoch, batch_no, indices = spec
         flips, params = draw_batch(self.seed, epoch, batch_no, len(indices), flip=self.train,
                                    hard_view=self.hard_view)
-        clean, hard, good, bad = [], [], [], []
+        clean, slots, good, bad = [], [], [], []
         for slot, i in enumerate(indices):
             data, problem = read_encoded(self.paths[i], self.max_pixels)
             image = None
@@ -51,19 +50,18 @@ class _BatchBuilder(torch.utils.data.Dataset):
             if flips[slot]:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             clean.append(np.asarray(image))
-            if params is not None:
-                hard.append(np.asarray(hard_pil(image, *(float(params[k][slot]) for k in _PARAM_ORDER))))
+            slots.append(slot)
             good.append(i)
-        out = {"index": torch.tensor(good, dtype=torch.int64), "bad": bad, "batch": batch_no}
+        out = {"index": torch.tensor(good, dtype=torch.int64), "bad": bad, "batch": batch_no,
+               "flip": torch.from_numpy(np.asarray(flips, dtype=bool)[slots])}
         if not good:
             return out
-        out["image"] = self._normalise(clean)
+        batch = torch.from_numpy(np.stack(clean)).permute(0, 3, 1, 2)
+        out["image"] = normalise(batch, self.mean, self.std, self.dtype)
         if params is not None:
-            out["image_hard"] = self._normalise(hard)
+            out["image_hard"] = hard_view_from_uint8(batch, subset_params(params, slots), self.mean, self.std,
+                                                     self.dtype, clean=out["image"])
         return out
-
-    def _normalise(self, arrays):
-        return normalise(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), self.mean, self.std, self.dtype)
 
 
 class _EpochSampler(torch.utils.data.Sampler):
@@ -117,4 +115,4 @@ class PilLoader(LoaderBase):
             self.next_batch = out.pop("batch") + 1
             if out["index"].numel() == 0:
                 continue
-            yield self._assemble(out["index"], out["image"], out.get("image_hard"))
+            yield self._assemble(out["index"], out["image"], out.get("image_hard"), flip=out["flip"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from scob_fast.methods.losses import estimator_pair_loss
+from scob_fast.methods.losses import estimator_pair_loss, expected_positive_regulariser
 from scob_fast.ops.label_contrastive import label_contrastive_loss
 
 
@@ -15,9 +15,25 @@ def scob_supervised_loss(logits: torch.Tensor, estimator_logits: torch.Tensor, o
     return estimator_pair_loss(logits.float(), estimator_logits.float(), (observed > 0).float(), expected_positives)
 
 
+def scob_supervised_terms(logits: torch.Tensor, estimator_logits: torch.Tensor, observed: torch.Tensor,
+                          expected_positives: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two halves of the supervised loss, (L1 / 2, L2 / 2): the classifier's term and the label
+    estimator's term, so that their shares can be logged; they sum to scob_supervised_loss (the
+    same operations as methods.losses.estimator_pair_loss, in the same order)."""
+    x, g, y = logits.float(), estimator_logits.float(), (observed > 0).float()
+    classifier = (F.binary_cross_entropy_with_logits(x, torch.sigmoid(g).detach())
+                  + expected_positive_regulariser(x, y, expected_positives))
+    estimator = (F.binary_cross_entropy_with_logits(g, torch.sigmoid(x).detach())
+                 + expected_positive_regulariser(g, y, expected_positives))
+    return 0.5 * classifier, 0.5 * estimator
+
+
 def scob_contrastive_loss(z, zk, labels, prototypes, prototype_valid, weights, temperature, backend=None):
     """Published InfoNCE: logits [cos(z, zk), cos(z, proto_c) for every stored class] + 1, times
-    weights (1 for the positive, W[y, c] for prototypes), / temperature, cross-entropy on index 0."""
+    weights (1 for the positive, W[y, c] for prototypes), / temperature, cross-entropy on index 0.
+    A class with `prototype_valid` False is left out of the softmax; the public code keeps an empty
+    class in it as a zero vector (cos = 0, losses.py loss_contrastive_infonce on the zeros of
+    main.py get_most_confident_feats): pass all-True validity and zero prototypes for that."""
     z = F.normalize(z.float(), dim=1)
     zk = F.normalize(zk.float(), dim=1)
     protos = F.normalize(prototypes.float(), dim=1)

@@ -4,7 +4,13 @@ Slots of each class are kept sorted by confidence (descending, earlier insertion
 ties), empty slots hold confidence -inf and image index -1. `update_sequential` is the reference
 (one image at a time, the published min-heap semantics: insert while the class has room, else
 replace the least confident if strictly beaten; an image already stored is skipped);
-`update` is the vectorised equivalent used by the fast engine.
+`update` is the vectorised equivalent used by the fast engine. Both take an optional `keep` mask:
+rows where it is False are not offered to the bank (the public code skips a sample whose momentum
+feature is NaN, main.py line 363, which --published-bank reproduces).
+
+The public bank (main.py class IPT) is a min-heap of (confidence, image id) per class, so among equal
+confidences it prefers the larger image id where this one keeps the earlier insertion; with float
+confidences from a sigmoid such ties do not occur in practice.
 """
 from __future__ import annotations
 
@@ -29,18 +35,20 @@ class PrototypeBank(nn.Module):
         self.confidence.fill_(float("-inf"))
         self.image_index.fill_(-1)
 
-    def _check(self, features, labels, confidence, image_index):
+    def _check(self, features, labels, confidence, image_index, keep=None):
         b = features.shape[0]
         if features.shape != (b, self.dim):
             raise ValueError(f"PrototypeBank: features must be [B, {self.dim}], got {tuple(features.shape)}")
-        for name, t in (("labels", labels), ("confidence", confidence), ("image_index", image_index)):
-            if t.shape != (b,):
+        for name, t in (("labels", labels), ("confidence", confidence), ("image_index", image_index), ("keep", keep)):
+            if t is not None and t.shape != (b,):
                 raise ValueError(f"PrototypeBank: {name} must be [{b}], got {tuple(t.shape)}")
 
     @torch.no_grad()
-    def update_sequential(self, features, labels, confidence, image_index) -> None:
-        self._check(features, labels, confidence, image_index)
+    def update_sequential(self, features, labels, confidence, image_index, keep=None) -> None:
+        self._check(features, labels, confidence, image_index, keep)
         for b in range(features.shape[0]):
+            if keep is not None and not bool(keep[b]):
+                continue
             c, conf, img = int(labels[b]), float(confidence[b]), int(image_index[b])
             stored = self.image_index[c]
             if bool((stored == img).any()):
@@ -60,17 +68,19 @@ class PrototypeBank(nn.Module):
             self.image_index[c, position] = img
 
     @torch.no_grad()
-    def update(self, features, labels, confidence, image_index) -> None:
-        self._check(features, labels, confidence, image_index)
+    def update(self, features, labels, confidence, image_index, keep=None) -> None:
+        self._check(features, labels, confidence, image_index, keep)
         b, q, device = features.shape[0], self.capacity, self.features.device
         labels = labels.to(device=device, dtype=torch.long)
         image_index = image_index.to(device=device, dtype=torch.long)
         confidence = confidence.to(device=device, dtype=self.confidence.dtype)
         # Skip images already stored in their class, and repeats of an (image, class) within the batch.
+        offered = (torch.ones(b, dtype=torch.bool, device=device) if keep is None
+                   else keep.to(device=device, dtype=torch.bool))
         already = (self.image_index[labels] == image_index[:, None]).any(dim=1)
-        same = (labels[:, None] == labels[None, :]) & (image_index[:, None] == image_index[None, :])
+        same = (labels[:, None] == labels[None, :]) & (image_index[:, None] == image_index[None, :]) & offered[None, :]
         earlier_repeat = torch.tril(same, diagonal=-1).any(dim=1)
-        valid = ~(already | earlier_repeat)
+        valid = offered & ~(already | earlier_repeat)
         new_conf = torch.full((self.num_classes, b), float("-inf"), device=device)
         columns = torch.arange(b, device=device)
         new_conf[labels[valid], columns[valid]] = confidence[valid]

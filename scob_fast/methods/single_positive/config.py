@@ -6,8 +6,15 @@ from dataclasses import dataclass
 from scob_fast.cli_options import option
 
 
+HEADS = ("two-level", "linear")
+
+
 @dataclass(frozen=True)
 class BaselineConfig:
+    head: str = option("two-level", "classifier head: two-level (Scob's transformer heads on both feature levels, "
+                       "so that a comparison with Scob isolates the training signal) or linear (global average "
+                       "pooling of the last level + one linear layer, the published baselines' model: Cole et "
+                       "al.'s models.py ImageClassifier)", choices=HEADS)
     loss_hparams: str | None = option(None, "baseline loss hyper-parameters (defaults: the authors' code), e.g. "
                                       "'delta_rel=0.002,selection=topk' (LL-*), 'tau=0.6,reduction=mean,"
                                       "corrected_margin=1' (SPLC), 'init_width=0.3' (ROLE), 'alpha=0.2' (EM), "

@@ -1,6 +1,11 @@
 """Single-positive baselines (AN, AN-LS, WAN, EPR, ROLE, LL-R/Ct/Cp, SPLC, EM, EM+APL) and the
-full-label BCE upper bound, trained on the same frozen backbone and the same two-level heads as
-Scob (no CAM masks, no contrastive branch), so that a comparison isolates the training signal.
+full-label BCE upper bound, trained by default on the same frozen backbone and the same two-level
+heads as Scob (no CAM masks, no contrastive branch), so that a comparison isolates the training
+signal. `--head linear` is the published baselines' model instead: global average pooling of the
+last feature level and one linear layer (Cole et al.'s models.py: `Sequential(*children[:-1])` of
+torchvision's ResNet-50, whose last child kept is the AdaptiveAvgPool2d(1), then
+`Linear(2048, num_classes)` on the squeezed features); with `--train-backbone all --bn-mode train`
+it trains end to end as their train.py does.
 
 The losses themselves live in `losses.py` beside this file; this file adapts them to the trainer.
 Observed labels arrive as {1, 0, -1}; the losses see y = (observed == 1), so unknown and known
@@ -10,11 +15,25 @@ from __future__ import annotations
 
 import torch
 
+from torch import nn
+
 from scob_fast.methods.base import Method, MethodContext
 from scob_fast.models.scob_net import ScobNet
 
 from .config import BaselineConfig, parse_hparams
 from .losses import EM_APL_DATASET_HPARAMS, build_single_positive_loss
+
+
+class LinearHead(nn.Module):
+    """Global average pooling of the last feature level, then one linear layer (torch's default
+    initialisation, as Cole's torch.nn.Linear)."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.classifier = nn.Linear(in_channels, num_classes)
+
+    def forward(self, f_low: torch.Tensor, f_high: torch.Tensor) -> torch.Tensor:
+        return self.classifier(f_high.mean(dim=(2, 3)))
 
 
 class SinglePositiveBaseline(Method):
@@ -26,11 +45,14 @@ class SinglePositiveBaseline(Method):
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
         heads = ctx.heads
-        self.net = ScobNet(ctx.backbone.channels, ctx.num_classes, dim=heads.dim, ffn=heads.ffn,
-                           dropout=heads.dropout)
-        # The projector and momentum heads are Scob's; keep the module layout but train neither.
-        for parameter in self.net.projector.parameters():
-            parameter.requires_grad_(False)
+        if self.config.head == "linear":
+            self.net = LinearHead(ctx.backbone.channels[1], ctx.num_classes)
+        else:
+            self.net = ScobNet(ctx.backbone.channels, ctx.num_classes, dim=heads.dim, ffn=heads.ffn,
+                               dropout=heads.dropout)
+            # The projector and momentum heads are Scob's; keep the module layout but train neither.
+            for parameter in self.net.projector.parameters():
+                parameter.requires_grad_(False)
         hparams = parse_hparams(self.config.loss_hparams)
         published = EM_APL_DATASET_HPARAMS.get(ctx.hparam_family, EM_APL_DATASET_HPARAMS["coco"])
         if self.loss_name == "em":
@@ -47,12 +69,18 @@ class SinglePositiveBaseline(Method):
         self.epoch = 0
 
     def compiled_modules(self):
-        return list(self.net.mid_heads())
+        return list(self.net.mid_heads()) if isinstance(self.net, ScobNet) else []
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.config.head} head)"
 
     def param_groups(self) -> list[dict]:
         lr = self.ctx.lr
-        groups = [g for g in self.net.param_groups(lr.linear, lr.transformer, lr.projector, lr.classifier)
-                  if g["name"] != "projector"]
+        if isinstance(self.net, LinearHead):
+            groups = [{"name": "classifier", "params": list(self.net.parameters()), "lr": lr.classifier}]
+        else:
+            groups = [g for g in self.net.param_groups(lr.linear, lr.transformer, lr.projector, lr.classifier)
+                      if g["name"] != "projector"]
         extra = list(self.criterion.parameters())
         if extra:
             groups.append({"name": "estimator", "params": extra, "lr": lr.estimator})
