@@ -25,6 +25,17 @@ ones). `--peak-rss` runs each mode in a fresh process and adds its peak resident
         --train-modes all --steps 1 --warmup 1 --peak-rss
 
 Writes bench/results/train_step_backbone.json (or --results NAME).
+
+`--vs-published` times the fast engine against a replica of the cost of the authors' public Scob
+iteration (bench/published_replica.py: backbone BN on batch statistics after the CAM pass, the hard
+view built inside the step and its contrastive backward through the frozen backbone to the pixels,
+Grad-CAM++ through a full extra forward, SDPA attention), and the reference engine beside them, at
+each of `--sizes` in float32 and with --amp: ResNet-50 with random weights, the published heads
+(d = 1024, FFN 2048), 80 classes, batch 8 unless given. `speedup` is against the replica.
+
+    python bench/train_step.py --vs-published --sizes 256,448 --steps 2 --warmup 1
+
+Writes bench/results/train_step_vs_published.json (or --results NAME).
 """
 from __future__ import annotations
 
@@ -110,14 +121,80 @@ def backbone_training(args) -> None:
     write_results(args.results or "train_step_backbone", rows, {"command": " ".join(sys.argv)})
 
 
-def make_method(engine, backbone, observed, args, amp):
+def make_method(engine, backbone, observed, args, amp, config=None, method_class=Scob):
     # The published defaults (ScobConfig's, LearningRates') with the benchmark's head width.
     ctx = MethodContext(backbone=backbone, num_classes=args.classes, num_samples=args.samples, observed=observed,
-                        config=ScobConfig(engine=engine), device=torch.device("cpu"), amp=AmpPolicy("cpu", amp),
-                        image_size=args.image_size, heads=HeadOptions(dim=args.dim, ffn=args.ffn, dropout=0.1),
+                        config=config or ScobConfig(engine=engine), device=torch.device("cpu"),
+                        amp=AmpPolicy("cpu", amp), image_size=args.image_size,
+                        heads=HeadOptions(dim=args.dim, ffn=args.ffn, dropout=0.1),
                         lr=LearningRates(), expected_positives=2.5, seed=0)
     torch.manual_seed(0)
-    return Scob(ctx)
+    return method_class(ctx)
+
+
+def random_batches(args, observed, count):
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(count):
+        index = torch.randperm(args.samples, generator=g)[:args.batch_size]
+        batches.append({"image": torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g),
+                        "image_hard": torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g),
+                        "observed": observed[index].float(), "index": index})
+    return batches
+
+
+def timed_steps(method, batches, warmup: int) -> tuple[float, dict]:
+    """Seconds for the steps after `warmup` untimed ones, and the method's per-phase totals."""
+    optimizer = torch.optim.Adam(method.param_groups())
+    method.train()
+    method.start_epoch(0)
+    for batch in batches[:warmup]:
+        method.train_step(dict(batch), optimizer)
+    method.timer.enabled = True
+    method.timer.reset()
+    start = time.perf_counter()
+    for batch in batches[warmup:]:
+        method.train_step(dict(batch), optimizer)
+    return time.perf_counter() - start, dict(method.timer.totals)
+
+
+def vs_published(args) -> None:
+    from bench.published_replica import PublishedIterationScob
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        args.image_size = size
+        observed = torch.zeros(args.samples, args.classes, dtype=torch.int8)
+        observed[torch.arange(args.samples), torch.arange(args.samples) % args.classes] = 1
+        batches = random_batches(args, observed, args.steps + args.warmup)
+        for amp in (False, True):
+            replica_rate = None
+            for engine in ("published-replica", "reference", "fast"):
+                torch.manual_seed(0)
+                replica = engine == "published-replica"
+                # The same random weights in every row; BN folded for our engines (their default).
+                backbone = build_backbone(args.backbone, pretrained=False, fold_batchnorm=not replica)
+                backbone = backbone.use_channels_last()
+                if replica:
+                    config = ScobConfig(engine="reference", published_bn=True, published_ema=True, published_bank=True)
+                    method = make_method("reference", backbone, observed, args, amp, config, PublishedIterationScob)
+                    method.net.set_attention_backend("sdpa")
+                else:
+                    method = make_method(engine, backbone, observed, args, amp)
+                elapsed, phases = timed_steps(method, batches, args.warmup)
+                rate = args.steps * args.batch_size / elapsed
+                replica_rate = rate if replica else replica_rate
+                row = {"engine": engine, "amp": amp, "precision": "bfloat16" if method.ctx.amp.enabled else "float32",
+                       "image_size": size, "batch_size": args.batch_size, "dim": args.dim, "ffn": args.ffn,
+                       "classes": args.classes, "backbone": args.backbone, "images_per_s": rate,
+                       "median_ms": 1000 * elapsed / args.steps, "speedup": rate / replica_rate}
+                for phase, seconds in sorted(phases.items()):
+                    row[f"{phase}_ms_per_step"] = 1000 * seconds / args.steps
+                rows.append(row)
+                print(f"{engine:18s} size {size} amp {amp}: {rate:.3f} img/s, {rate / replica_rate:.2f}x the replica",
+                      flush=True)
+    phases = sorted({k for r in rows for k in r if k.endswith("_ms_per_step")})
+    print_table(rows, ["engine", "image_size", "amp", "precision", "images_per_s", "speedup", *phases])
+    write_results(args.results or "train_step_vs_published", rows, {"command": " ".join(sys.argv)})
 
 
 def main() -> None:
@@ -135,11 +212,24 @@ def main() -> None:
     p.add_argument("--bn-mode", default="train", choices=("frozen", "train"))
     p.add_argument("--head", default="linear", choices=("linear", "two-level"))
     p.add_argument("--amp", action="store_true", help="--backbone-training: bfloat16 autocast")
-    p.add_argument("--warmup", type=int, default=2, help="--backbone-training: untimed steps first")
+    p.add_argument("--warmup", type=int, default=2, help="--backbone-training / --vs-published: untimed steps first")
     p.add_argument("--peak-rss", action="store_true", help="--backbone-training: each mode in its own process")
     p.add_argument("--results", default=None, help="--backbone-training: results file name")
+    p.add_argument("--vs-published", action="store_true",
+                   help="fast engine vs a replica of the public iteration's cost (see above)")
+    p.add_argument("--sizes", default="256,448", help="--vs-published: image sizes")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.vs_published:
+        # The published model unless given: ResNet-50, d = 1024, FFN 2048, 80 classes, batch 8.
+        for flag, name, value in (("--backbone", "backbone", "resnet50"), ("--dim", "dim", 1024),
+                                  ("--ffn", "ffn", 2048), ("--classes", "classes", 80),
+                                  ("--batch-size", "batch_size", 8), ("--steps", "steps", 2),
+                                  ("--warmup", "warmup", 1)):
+            if flag not in sys.argv:
+                setattr(args, name, value)
+        vs_published(args)
+        return
     if args.backbone_training:
         backbone_training(args)
         return

@@ -3,6 +3,10 @@
     from scob_fast.config import parse_args
     from scob_fast.training import run
     final = run(parse_args(["--dataset", "demo"]))
+
+Under torchrun (scob_fast.engine.distributed) every rank runs this same function: rank 0 makes what
+the others then find (the demo data, the run directory, the feature cache: `main_first`) and alone
+writes files; --batch-size is the global batch, split over the ranks.
 """
 from __future__ import annotations
 
@@ -23,8 +27,9 @@ from scob_fast.data.preflight import check_images, describe
 from scob_fast.data.protocols import Draw, load_splits, protocol_splits, save_splits, splits_of, splits_path
 from scob_fast.data.loaders.cached import CachedFeatureLoader, FeatureCache
 from scob_fast.data.registry import dataset_spec
-from scob_fast.engine import checkpoint
+from scob_fast.engine import checkpoint, distributed
 from scob_fast.engine.amp import AmpPolicy
+from scob_fast.engine.distributed import SINGLE, DataParallelAmp, DistContext
 from scob_fast.engine.run_directory import RunDirectory, write_text_atomic
 from scob_fast.engine.trainer import FitProgress, evaluate, fit, resume
 from scob_fast.methods import method_class
@@ -133,7 +138,8 @@ def build_run_backbone(config: TrainConfig, device) -> Backbone:
                           bn_mode=m.bn_mode).to(device).use_channels_last()
 
 
-def build_method(config: TrainConfig, backbone, num_classes: int, observed: np.ndarray, device, amp):
+def build_method(config: TrainConfig, backbone, num_classes: int, observed: np.ndarray, device, amp,
+                 dist: DistContext = SINGLE):
     cls = method_class(config.model.method)
     o = config.optim
     ctx = MethodContext(backbone=backbone, num_classes=num_classes, num_samples=observed.shape[0],
@@ -141,25 +147,27 @@ def build_method(config: TrainConfig, backbone, num_classes: int, observed: np.n
                         image_size=config.data.image_size, config=config.method, heads=config.heads,
                         lr=config.learning_rates, expected_positives=o.expected_positives, seed=o.seed,
                         epochs=o.epochs, batch_size=o.batch_size,
-                        hparam_family=dataset_spec(config.data.dataset).hparam_family)
+                        hparam_family=dataset_spec(config.data.dataset).hparam_family, dist=dist)
     return cls(ctx).to(device)
 
 
-def build_loaders(config: TrainConfig, method, backbone, splits, observed, run_dir: RunDirectory):
+def build_loaders(config: TrainConfig, method, backbone, splits, observed, run_dir: RunDirectory,
+                  dist: DistContext = SINGLE):
     d, o = config.data, config.optim
     spec = backbone.spec
     options = dict(batch_size=o.batch_size, image_size=d.image_size, mean=spec.mean, std=spec.std,
                    loader=d.loader, workers=d.workers, seed=o.seed, max_bad_fraction=d.max_bad_fraction,
-                   max_pixels=d.max_image_pixels)
+                   max_pixels=d.max_image_pixels, shard=dist.shard)
     if d.cache_features:
-        return _cached_loaders(config, method, backbone, options, observed, splits, run_dir)
+        return _cached_loaders(config, method, backbone, options, observed, splits, run_dir, dist)
     train_set, val_set, test_set = splits
     return (build_loader(train_set, observed, train=True, hard_view=method.needs_hard_view, **options),
             build_loader(val_set, _no_observed(val_set), train=False, hard_view=False, **options),
             build_loader(test_set, _no_observed(test_set), train=False, hard_view=False, **options))
 
 
-def _cached_loaders(config: TrainConfig, method, backbone, options, observed, splits, run_dir: RunDirectory):
+def _cached_loaders(config: TrainConfig, method, backbone, options, observed, splits, run_dir: RunDirectory,
+                    dist: DistContext = SINGLE):
     d, m = config.data, config.model
     if not method.supports_feature_cache:
         raise SystemExit(f"--cache-features: method {m.method} needs image-space views (e.g. Scob's hard view), "
@@ -171,12 +179,16 @@ def _cached_loaders(config: TrainConfig, method, backbone, options, observed, sp
         key = {"dataset": d.dataset, "root": str(d.data_root), "split": split, "images": len(dataset),
                "protocol": d.protocol, "paths_sha256": digest,
                "backbone": m.backbone, "weights": str(m.backbone_weights), "image_size": d.image_size}
-        source = build_loader(dataset, _no_observed(dataset), train=False, hard_view=False, **options)
+        # The cache holds every image: rank 0 builds it from an unsharded pass, the others then open it.
+        source = build_loader(dataset, _no_observed(dataset), train=False, hard_view=False,
+                              **{**options, "shard": (0, 1)})
         log.info("feature cache: %s split (%d images, flips=%s)", split, len(dataset), flips)
         cache_root = Path(d.cache_dir) if d.cache_dir else run_dir.path / "feature_cache"
-        cache = FeatureCache.build(cache_root / split, backbone, source, len(dataset), flips, key)
+        with dist.main_first():
+            cache = FeatureCache.build(cache_root / split, backbone, source, len(dataset), flips, key)
         loaders.append(CachedFeatureLoader(cache, dataset.labels, observed if split == "train" else None,
-                                           config.optim.batch_size, train=split == "train", seed=config.optim.seed))
+                                           config.optim.batch_size, train=split == "train", seed=config.optim.seed,
+                                           shard=dist.shard))
     return loaders
 
 
@@ -250,81 +262,132 @@ def run(config: TrainConfig) -> dict:
     if o.amp and device.type == "cpu":
         from scob_fast.env import cpu_bf16
         cpu_bf16()  # a bad SCOB_FAST_CPU_BF16 value stops here, before any data or model work
+    dist = distributed.init_from_env(device.type)
+    try:
+        return _run(config, _rank_device(device, dist), dist)
+    finally:
+        distributed.shutdown(dist)
+
+
+def _rank_device(device: torch.device, dist: DistContext) -> torch.device:
+    """This rank's device: its own GPU (LOCAL_RANK) under torchrun."""
+    if dist.enabled and device.type == "cuda":
+        if device.index is not None and device.index != dist.local_rank:
+            log.warning("--device %s: under torchrun each rank uses its LOCAL_RANK's GPU (cuda:%d)", device,
+                        dist.local_rank)
+        return torch.device("cuda", dist.local_rank)
+    return device
+
+
+def check_world(config: TrainConfig, dist: DistContext) -> None:
+    """What a world size of N asks of the flags, before any work."""
+    if config.optim.batch_size % dist.world:
+        raise ValueError(f"--batch-size {config.optim.batch_size} is the global batch and must be a multiple of the "
+                         f"{dist.world} processes (torchrun's world size); e.g. --batch-size "
+                         f"{dist.world * max(1, config.optim.batch_size // dist.world)}")
+
+
+def _run(config: TrainConfig, device: torch.device, dist: DistContext) -> dict:
+    d, m, o, r = config.data, config.model, config.optim, config.run
+    if dist.enabled:
+        check_world(config, dist)
+        if not dist.is_main:      # one log: rank 0's; warnings and errors still show
+            logging.getLogger("scob_fast").setLevel(logging.WARNING)
+        r.out = dist.broadcast_object(r.out)    # a default --out carries a time stamp: rank 0's
+        log.info("torchrun: %d processes, global batch %d (%d per process)", dist.world, o.batch_size,
+                 o.batch_size // dist.world)
     if r.resume == "auto":
         latest = Path(r.out) / "last.pth"
-        r.resume = str(latest) if latest.exists() else None
+        r.resume = dist.broadcast_object(str(latest) if latest.exists() else None)
         log.info("--resume auto: %s", f"continuing {latest}" if r.resume else f"no {latest} yet, starting")
     saved = checkpoint.load(r.resume) if r.resume else None
     if saved is not None:
         check_resume_arguments(saved, config, r.resume)
-    run_dir = prepare_run_directory(config)
+        if not r.eval_only:
+            distributed.check_world_size(saved, dist, r.resume)
+    with dist.main_first():
+        run_dir = prepare_run_directory(config) if dist.is_main else RunDirectory(r.out, writes=False)
 
-    splits, _ = check_splits(config, build_splits(config))
+    with dist.main_first():          # rank 0 generates the demo set (if needed) before the others read it
+        splits, _ = check_splits(config, build_splits(config))
     train_set = splits[0]
-    observed = observed_labels(config, train_set, run_dir, save=not r.eval_only, val_set=splits[1],
-                               test_set=splits[2])
+    observed = observed_labels(config, train_set, run_dir, save=not r.eval_only and dist.is_main,
+                               val_set=splits[1], test_set=splits[2])
     if not r.eval_only:
         run_dir.write_args(config.flat())
 
     backbone = build_run_backbone(config, device)
-    amp = AmpPolicy(device, o.amp, o.amp_cuda_dtype, clip_grad_norm=o.clip_grad_norm)
-    method = build_method(config, backbone, len(train_set.class_names), observed, device, amp)
+    if dist.enabled:
+        amp = DataParallelAmp(dist, device, o.amp, o.amp_cuda_dtype, clip_grad_norm=o.clip_grad_norm)
+    else:
+        amp = AmpPolicy(device, o.amp, o.amp_cuda_dtype, clip_grad_norm=o.clip_grad_norm)
+    method = build_method(config, backbone, len(train_set.class_names), observed, device, amp, dist)
     if o.compile:
         method.compile()
-    train_loader, val_loader, test_loader = build_loaders(config, method, backbone, splits, observed, run_dir)
+    train_loader, val_loader, test_loader = build_loaders(config, method, backbone, splits, observed, run_dir,
+                                                          dist)
 
     # The trainable backbone stages (if any) are one more group, so that no method needs code for them.
     optimizer = torch.optim.Adam(method.param_groups() + backbone.param_groups(o.lr_backbone),
                                  weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=o.lr_step, gamma=0.1)
+    if dist.enabled:
+        # The model is built alike on every rank; from here on the ranks draw different dropout masks
+        # (a resume restores each rank's own RNG state instead).
+        torch.manual_seed(distributed.rank_seed(o.seed, dist.rank))
     state = FitProgress()
     if saved is not None:
-        state = resume(method, optimizer, scheduler, amp, saved)
+        state = resume(method, optimizer, scheduler, amp, saved, dist)
         log.info("resumed from %s at epoch %d", r.resume, state.start_epoch)
     elif m.init_from:
         # A warm start (Cole et al.'s linear_init: the end-to-end stage starts from the linear
         # stage's best weights and label estimates, with a fresh optimiser).
         method.load_checkpoint_state(checkpoint.load(m.init_from)["model"], require_backbone=False)
         log.info("--init-from %s: model weights loaded; optimiser and schedule start fresh", m.init_from)
+    dist.broadcast_state(method)         # every rank starts from rank 0's model, as under DDP
 
     if r.eval_only:
         result = {"checkpoint": str(r.resume),
-                  "val": evaluate(method, val_loader, device, amp, r.map_empty_class, ap=r.ap),
-                  "test": evaluate(method, test_loader, device, amp, r.map_empty_class, ap=r.ap),
+                  "val": evaluate(method, val_loader, device, amp, r.map_empty_class, ap=r.ap, dist=dist),
+                  "test": evaluate(method, test_loader, device, amp, r.map_empty_class, ap=r.ap, dist=dist),
                   "modes": {"ap": r.ap, "map_empty_class": r.map_empty_class}}
-        write_text_atomic(run_dir.path / f"eval-{Path(r.resume).stem}.json", json.dumps(result, indent=2))
-        print(json.dumps(result, indent=2))
+        if dist.is_main:
+            write_text_atomic(run_dir.path / f"eval-{Path(r.resume).stem}.json", json.dumps(result, indent=2))
+            print(json.dumps(result, indent=2))
         return result
     run_dir.keep_epochs_up_to(state.start_epoch)
 
     log.info("train %d / val %d / test %d images, %d classes, labels=%s, method=%s, backbone=%s, device=%s",
              len(train_set), len(splits[1]), len(splits[2]), len(train_set.class_names), d.labels,
              method.describe(), backbone.describe(), device)
-    observers = build_observers(config, run_dir, list(train_set.class_names))
+    # The other ranks report nothing: their observers would write into rank 0's directory.
+    observers = build_observers(config, run_dir, list(train_set.class_names)) if dist.is_main else []
     selected_on = "test" if r.select == "test-best-epoch" else "val"
     # --select test-best-epoch evaluates the test split every epoch, unless the protocol's val split
     # is that very list (scob, sst): then the val metrics are the test metrics already.
     same_list = list(splits[1].image_paths) == list(splits[2].image_paths)
     select_loader = test_loader if selected_on == "test" and not same_list else None
-    diagnostics = build_diagnostics(config, run_dir, method, train_set, observed, observers)
+    diagnostics = build_diagnostics(config, run_dir, method, train_set, observed, observers) if dist.is_main else None
     if diagnostics is not None:
         observers.append(diagnostics)
     try:
         state = fit(method, optimizer, scheduler, train_loader, val_loader, run_dir, device=device, amp=amp,
-                    epochs=o.epochs, state=state, max_steps=r.max_steps, quiet=r.quiet,
+                    epochs=o.epochs, state=state, max_steps=r.max_steps, quiet=r.quiet or not dist.is_main,
                     empty_class=r.map_empty_class, checkpoint_args=config.flat(),
                     max_nonfinite_steps=r.max_nonfinite_steps, checkpoint_every=r.checkpoint_every,
                     observers=observers, ap=r.ap, select_loader=select_loader,
-                    select_split="test" if select_loader is not None else "val")
+                    select_split="test" if select_loader is not None else "val", dist=dist)
         # Which modes produced the number: the selection rule and the AP definition.
         final = {"best_epoch": state.best_epoch + 1, f"best_{selected_on}_mAP": state.best_map,
                  "modes": {"select": r.select, "selected_on": selected_on, "ap": r.ap,
                            "map_empty_class": r.map_empty_class}}
         best_path = run_dir.path / "best.pth"
-        if best_path.exists():
-            method.load_checkpoint_state(checkpoint.load(best_path)["model"])
+        if dist.broadcast_object(best_path.exists()):
+            if dist.is_main:               # the file is rank 0's; its weights reach the others by broadcast
+                method.load_checkpoint_state(checkpoint.load(best_path)["model"])
+            dist.broadcast_state(method)
             final["test"] = evaluate(method, test_loader, device, amp, r.map_empty_class, split="test",
-                                     epoch=state.best_epoch, observers=observers, ap=r.ap)
+                                     epoch=state.best_epoch, observers=observers, ap=r.ap, dist=dist)
             log.info("test (best %s epoch %d): mAP %.4f", selected_on, state.best_epoch + 1, final["test"]["mAP"])
         run_dir.write_final(final)
     finally:

@@ -504,3 +504,41 @@ def test_a_training_split_with_images_left_out_keeps_their_draw(coco, tmp_path):
     observed = observed_labels(config, fewer, RunDirectory(tmp_path / "run"))
     np.testing.assert_array_equal(observed, full[keep])
     assert load_splits(tmp_path / "run")["train"] == [os.path.relpath(p, coco) for p in fewer.image_paths]
+
+
+def _write_voc2007_lists(root, image_set, names, negative, positive):
+    base = root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main"
+    (base / f"{image_set}.txt").write_text("".join(f"{n[:-4]}\n" for n in names))
+    for c, cls in enumerate(VOC_CLASSES_ORDER):
+        lines = [f"{n[:-4]} {1 if negative[i, c] else 0 if positive[i, c] else -1:2d}" for i, n in enumerate(names)]
+        (base / f"{cls}_{image_set}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_voc2007_scob_reads_train_and_val_while_cole_reads_trainval_and_test(tmp_path):
+    # VOC2007 ships train + val = trainval, and test. Scob's data/voc.py prepare_voc07 reads the
+    # train and val phases (its val is where it reports); the SPML protocols use trainval / test.
+    root, expected = make_voc(tmp_path, "2007", n_train=40, n_test=12, seed=5)
+    names, negative = expected["trainval"]
+    _, positive = expected["trainval:positive"]
+    _write_voc2007_lists(root, "trainval", names, negative, positive)
+    _write_voc2007_lists(root, "test", *expected["test"], expected["test:positive"][1])
+    order = np.random.default_rng(0).permutation(len(names))
+    train_rows, val_rows = sorted(order[:26]), sorted(order[26:])
+    for image_set, rows in (("train", train_rows), ("val", val_rows)):
+        _write_voc2007_lists(root, image_set, [names[i] for i in rows], negative[rows], positive[rows])
+    base = root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main"
+
+    anno = scob_prepare_voc(base, "train")
+    scob_drop_to_single(anno, key="label")
+    splits = protocol_splits("scob", "voc2007", root)
+    assert _names(splits.train) == [img["name"] for img in anno]
+    assert set(_names(splits.train)) <= {names[i] for i in train_rows}
+    assert _names(splits.test) == [img["name"] for img in scob_prepare_voc(base, "val")]
+    assert _names(splits.val) == _names(splits.test)      # no held-out val in the public code
+    observed = splits.observe("single")[0]
+    assert [list(np.flatnonzero(row)) for row in observed] == [img["single_label"] for img in anno]
+
+    splits = protocol_splits("cole", "voc2007", root)
+    trainval = set(_names(splits.train)) | set(_names(splits.val))
+    assert trainval <= set(names) and not trainval & set(_names(splits.test))
+    assert len(trainval) > 26 and set(_names(splits.test)) <= set(expected["test"][0])

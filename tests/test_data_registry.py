@@ -13,6 +13,7 @@ from scob_fast.data import (DATASETS, GENERIC_DEFAULTS, DatasetError, DatasetSpe
 from scob_fast.data.demo import class_names as demo_class_names
 from scob_fast.data.demo import demo_directory
 from scob_fast.data.testing import file_names, make_coco, make_folder, make_list_dataset, make_voc, write_image
+from test_data_vg import make_vg200
 
 DEMO_SMALL = dict(num_classes=4, train_images=20, val_images=6, image_size=48, seed=5)
 
@@ -42,6 +43,7 @@ MAKERS = {
     "voc2012": (lambda root: make_voc(root, "2012"), {}),
     "nuswide": (lambda root: make_list_dataset(root, "nuswide"), {}),
     "cub": (lambda root: make_list_dataset(root, "cub", fmt="txt"), {}),
+    "vg200": (make_vg200, {}),
     "folder": (make_folder, {}),
     "csv": (lambda root: make_folder(root, fmt="json"), {}),
 }
@@ -54,7 +56,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_registry_lists_the_datasets_build_dataset_accepts():
-    assert dataset_names() == ["demo", "demo-coco", "coco2014", "voc2007", "voc2012", "nuswide", "cub", "folder", "csv"]
+    assert dataset_names() == ["demo", "demo-coco", "coco2014", "voc2007", "voc2012", "nuswide", "cub", "vg200", "folder", "csv"]
     assert list(DATASETS) == dataset_names()
     assert all(isinstance(spec, DatasetSpec) and spec.name == name for name, spec in DATASETS.items())
 
@@ -112,10 +114,10 @@ def test_moved_per_dataset_facts_keep_their_values():
     # The values config.py, the trainer and the methods held before the registry existed.
     k = {name: spec.expected_positives for name, spec in DATASETS.items()}
     assert k == {"demo": 2.25, "demo-coco": 2.89, "coco2014": 2.9, "voc2007": 1.5, "voc2012": 1.5, "nuswide": 1.9, "cub": 31.4,
-                 "folder": 2.0, "csv": 2.0}
+                 "vg200": 2.0, "folder": 2.0, "csv": 2.0}
     families = {name: spec.hparam_family for name, spec in DATASETS.items()}
     assert families == {"demo": "coco", "demo-coco": "coco", "coco2014": "coco", "voc2007": "voc", "voc2012": "voc", "nuswide": "nus",
-                        "cub": "cub", "folder": "coco", "csv": "coco"}
+                        "cub": "cub", "vg200": "coco", "folder": "coco", "csv": "coco"}
     assert dict(GENERIC_DEFAULTS) == dict(image_size=448, dim=1024, ffn=2048, epochs=20, batch_size=8,
                                           expected_positives=2.0, lr_step=16, workers=2)
     demo = dataset_spec("demo")

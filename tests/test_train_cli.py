@@ -81,3 +81,22 @@ def test_cli_errors_are_clear(tmp_path):
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="unreadable"):
         checkpoint.load(broken)
+
+
+def test_train_py_makes_idle_openmp_threads_sleep_unless_told_otherwise(tmp_path):
+    # Spinning OpenMP threads made the demo 4x slower on a shared 2-core machine (README "Demo"): train.py
+    # sets OMP_WAIT_POLICY=PASSIVE before torch loads, and leaves an explicit setting alone.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    probe = ("import importlib.util, os, sys; spec = importlib.util.spec_from_file_location('t', sys.argv[1]); "
+             "spec.loader.exec_module(importlib.util.module_from_spec(spec)); print(os.environ['OMP_WAIT_POLICY'])")
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if given:
+            env["OMP_WAIT_POLICY"] = given
+        out = subprocess.run([sys.executable, "-c", probe, str(root / "train.py")], env=env, capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert out[-1] == expected

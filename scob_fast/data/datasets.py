@@ -12,6 +12,7 @@ permutation, and the official validation/test list is "test" (always full labels
 | voc2012   | train                        | val                        |
 | nuswide   | formatted_train_*            | formatted_val_* (or _test_)|
 | cub       | formatted_train_*            | formatted_val_* (or _test_)|
+| vg200     | train_list_500.txt           | test_list_500.txt          |
 | folder    | train.csv / train.json       | test.csv / test.json       |
 | csv       | (as folder)                  | (as folder)                |
 | demo      | train2014 (generated)        | val2014 (generated)        |
@@ -45,7 +46,7 @@ def build_dataset(name: str, root=None, split: str = "train", **opts) -> MultiLa
     """Read dataset `name` from `root` and return `split` ("train", "val" or "test") with full labels.
 
     Common options: split_seed (1200), val_fraction (0.2); the rest go to the dataset's reader, which
-    accepts the spec's `options`: voc*: difficult ("negative"|"positive"); nuswide/cub: image_dir;
+    accepts the spec's `options`: voc*: difficult ("negative"|"positive"); nuswide/cub/vg200: image_dir;
     folder/csv: classes (class-name file), list_file (test list when `root` is a single list file);
     demo: root may be None (the cache), plus the generator's parameters (num_classes, train_images,
     val_images, image_size, seed)."""

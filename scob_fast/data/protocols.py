@@ -44,7 +44,12 @@ sst   Chen et al., AAAI 2022, github.com/HCPLab-SYSU/HCP-MLR-PL.
         from data/coco/category.json (not in the repository; the ML-GCN file it comes from maps the
         category ids in ascending order, which is assumed here: our class order). VOC2007
         (datasets/voc2007.py): ImageSets/Main/trainval.txt order, difficult objects skipped.
-      - Observed labels (datasets/coco2014.py and datasets/voc2007.py, changeLabelProportion):
+        VG-200 (datasets/vg.py, utils/dataloader.py get_data_path): the lines of train_list_500.txt /
+        test_list_500.txt in file order, columns = the indices of vg_category_200_labels_index.json
+        (200, hard-coded in vg.py); an image whose entry is empty is kept (all labels -1). That is
+        our reader's order, so VG-200 is the same list under every protocol (cole and scob have no
+        VG code: cole splits that list 80/20, scob trains on all of it).
+      - Observed labels (datasets/coco2014.py, datasets/voc2007.py, datasets/vg.py, changeLabelProportion):
         np.random.seed(0); U = np.random.random(labels.shape); an entry is kept (1 or -1) where U < P,
         else unknown (0): one draw over the whole official train list.
       - Split (utils/dataloader.py get_data_loader, SST.py main): train on the whole official train
@@ -80,7 +85,8 @@ PROTOCOL_KEY = "protocol_splits"   # MultiLabelDataset.info key of the train spl
 
 # How each dataset's official lists are formatted by the public code (rows and columns); the
 # others ("list") keep our reader's order.
-_FORMATS = {"coco2014": "coco", "demo": "coco", "voc2007": "voc", "voc2012": "voc"}
+_FORMATS = {"coco2014": "coco", "demo": "coco", "voc2007": "voc", "voc2012": "voc",
+            "vg200": "list"}  # SST's datasets/vg.py reads the lists in file order, as our reader does
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """A run's directory: args.yaml, summary.csv (one row per epoch, header fixed by the first row),
 log.jsonl, final.json. Every file is replaced whole through the atomic-write helper (fsync, rename),
-so an interruption leaves the old version or the new one, never half a file."""
+so an interruption leaves the old version or the new one, never half a file. Under torchrun only
+rank 0 writes: the other ranks hold a `RunDirectory(path, writes=False)`, whose writes do nothing."""
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,11 @@ RUN_FILES = ("args.yaml", "summary.csv", "log.jsonl", "last.pth", "best.pth", "f
 
 
 class RunDirectory:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, writes: bool = True):
         self.path = Path(path)
+        self.writes = writes
+        if not writes:       # another process owns the directory: touch nothing, not even its temp files
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         # A process killed inside an atomic write leaves its temp file; the real file is intact.
         for stale in self.path.glob("*.tmp"):
@@ -35,12 +39,16 @@ class RunDirectory:
         return any((Path(path) / name).exists() for name in RUN_FILES)
 
     def clear_run(self) -> None:
+        if not self.writes:
+            return
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
 
     def keep_epochs_up_to(self, epoch: int) -> None:
         """Drop the log rows of epochs after `epoch` (1-based): a run resumed from that epoch's
         checkpoint writes them again, once."""
+        if not self.writes:
+            return
         csv_path, log_path = self.path / "summary.csv", self.path / "log.jsonl"
         if csv_path.exists():
             lines = csv_path.read_text().splitlines(keepends=True)
@@ -52,6 +60,8 @@ class RunDirectory:
             write_text_atomic(log_path, "".join(kept))
 
     def write_args(self, values: dict) -> None:
+        if not self.writes:
+            return
         write_text_atomic(self.path / "args.yaml", yaml.safe_dump(values, sort_keys=True))
 
     def _summary_header(self) -> list[str] | None:
@@ -63,6 +73,8 @@ class RunDirectory:
 
     def append_summary(self, row: dict) -> None:
         """One epoch's row into summary.csv (columns of the run's first row) and log.jsonl (all keys)."""
+        if not self.writes:
+            return
         csv_path, log_path = self.path / "summary.csv", self.path / "log.jsonl"
         header = self._summary_header() or list(row)
         buffer = io.StringIO()
@@ -76,4 +88,6 @@ class RunDirectory:
         write_text_atomic(log_path, old_log + json.dumps(row) + "\n")
 
     def write_final(self, final: dict) -> None:
+        if not self.writes:
+            return
         write_text_atomic(self.path / "final.json", json.dumps(final, indent=2))

@@ -6,6 +6,12 @@ continue_epoch, state_dict_for_checkpoint, ...), never by name.
 A checkpoint's `position` is where training continues: (epoch, step) = the next step to run. A
 SIGTERM or SIGINT lets the current step finish, writes last.pth at that position and stops with
 `TrainingInterrupted`; `resume` continues from it at the exact batch.
+
+Under torchrun (`dist`, scob_fast.engine.distributed) every rank runs this loop on its shard of
+each batch: the stop decision is taken over all ranks (they stop at the same step), the epoch's
+log sums are averaged and its images summed over the ranks, evaluation gathers every rank's
+scores, and only rank 0's run directory writes (last/best.pth, with every rank's RNG state and
+running sums, so that a resume with the same world size continues exactly).
 """
 from __future__ import annotations
 
@@ -17,10 +23,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from scob_fast.engine import checkpoint
 from scob_fast.engine.amp import AmpPolicy, NonFiniteTraining
+from scob_fast.engine.distributed import SINGLE, DistContext
 from scob_fast.engine.metrics import multilabel_metrics
 from scob_fast.engine.progress import Progress
 from scob_fast.engine.run_directory import RunDirectory
@@ -53,27 +61,35 @@ class Observer:
 
 
 @torch.no_grad()
-def predict_scores(method, loader, device, amp: AmpPolicy) -> tuple:
-    """(sigmoid scores [N, C], labels [N, C]) as numpy arrays, in the loader's order."""
+def predict_scores(method, loader, device, amp: AmpPolicy, dist: DistContext = SINGLE) -> tuple:
+    """(sigmoid scores [N, C], labels [N, C]) as numpy arrays, in the loader's order; with several
+    ranks, every rank's shard gathered, padding dropped, in dataset-index order (an eval loader's)."""
     method.eval()
-    scores, targets = [], []
+    scores, targets, indices = [], [], []
     for batch in loader:
         batch = to_device(batch, device)
         with amp.autocast():
             logits = method.predict_batch(batch)
         scores.append(torch.sigmoid(logits.float()).cpu())
         targets.append(batch["labels"].cpu())
+        if dist.enabled:
+            indices.append(batch["index"].cpu())
     method.train()
-    return torch.cat(scores).numpy(), torch.cat(targets).numpy()
+    scores, targets = torch.cat(scores), torch.cat(targets)
+    if dist.enabled:
+        index = dist.gather(torch.cat(indices)).numpy()
+        first = torch.from_numpy(np.unique(index, return_index=True)[1])   # the padding repeats an image
+        scores, targets = dist.gather(scores)[first], dist.gather(targets)[first]
+    return scores.numpy(), targets.numpy()
 
 
 def evaluate(method, loader, device, amp: AmpPolicy, empty_class: str = "exclude", *, split: str = "val",
-             epoch: int = -1, observers=(), ap: str = "sklearn") -> dict:
-    scores, targets = predict_scores(method, loader, device, amp)
+             epoch: int = -1, observers=(), ap: str = "sklearn", dist: DistContext = SINGLE) -> dict:
+    scores, targets = predict_scores(method, loader, device, amp, dist)
     for observer in observers:
         observer.on_scores(split, epoch, scores, targets)
     metrics = multilabel_metrics(scores, targets, empty_class=empty_class, ap=ap)
-    metrics["skipped_images"] = int(getattr(loader, "skipped", 0))
+    metrics["skipped_images"] = int(dist.sum(torch.tensor(int(getattr(loader, "skipped", 0)))))
     return metrics
 
 
@@ -118,18 +134,36 @@ class _StopSignal:
 
 
 def _checkpoint_state(method, optimizer, scheduler, amp, state: FitProgress, epoch: int, step: int,
-                      args: dict) -> dict:
+                      args: dict, world_size: int = 1) -> dict:
     return {"model": method.state_dict_for_checkpoint(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "amp": amp.state_dict(), "rng": checkpoint.rng_state(),
             "epoch": epoch - 1, "position": {"epoch": epoch, "step": step},   # "epoch": the last one completed
             "best_map": state.best_map, "best_epoch": state.best_epoch,
             "epoch_sums": dict(state.epoch_sums), "epoch_time_s": state.epoch_time_s,
-            "epoch_images": state.epoch_images, "args": dict(args)}
+            "epoch_images": state.epoch_images, "args": dict(args), "world_size": world_size}
+
+
+def _rank_state(state: FitProgress) -> dict:
+    """What differs between ranks and a resume must restore per rank: RNG states (dropout) and the
+    running sums of the epoch in progress."""
+    return {"rng": checkpoint.rng_state(), "epoch_sums": dict(state.epoch_sums), "epoch_images": state.epoch_images}
+
+
+def _epoch_totals(sums: dict, images: int, skipped: int, dist: DistContext) -> tuple[dict, int, int]:
+    """The epoch's sums averaged over the ranks (each rank's mean loss is the global batch's, or its
+    own share), its images and skipped images summed; one process: as they are."""
+    if not dist.enabled:
+        return {k: float(v) for k, v in sums.items()}, images, skipped
+    keys = sorted(sums)
+    total = dist.sum(torch.tensor([float(sums[k]) for k in keys] + [images, skipped], dtype=torch.float64))
+    values = total.tolist()
+    return ({k: v / dist.world for k, v in zip(keys, values)}, int(round(values[-2])), int(round(values[-1])))
 
 
 def train_one_epoch(method, loader, optimizer, device, *, epoch: int, epochs: int, max_steps: int | None = None,
                     quiet: bool = False, amp: AmpPolicy | None = None, max_nonfinite_steps: int = 5,
-                    state: FitProgress | None = None, after_step=None, observers=()) -> dict:
+                    state: FitProgress | None = None, after_step=None, observers=(),
+                    dist: DistContext = SINGLE) -> dict:
     """One pass over `loader` (at most `max_steps` steps) -> mean stats, images/s and time.
 
     Starts at `state.start_step` (a resumed epoch: the loader skips the batches already trained,
@@ -160,6 +194,7 @@ def train_one_epoch(method, loader, optimizer, device, *, epoch: int, epochs: in
             break
         batch = to_device(batch, device)
         stats = method.train_step(batch, optimizer)
+        dist.broadcast_batchnorm_statistics(method)      # rank 0's running statistics everywhere (DDP's rule)
         if amp is not None and amp.consecutive_skipped >= max_nonfinite_steps:
             progress.close()
             raise NonFiniteTraining(
@@ -181,10 +216,11 @@ def train_one_epoch(method, loader, optimizer, device, *, epoch: int, epochs: in
     progress.close()
     train_time = elapsed_before + time.perf_counter() - start
     state.start_step = 0
-    return {**{k: float(v) / max(steps, 1) for k, v in sums.items()},
-            "train_images_per_s": round(state.epoch_images / max(train_time, 1e-9), 2),
+    totals, images, skipped = _epoch_totals(sums, state.epoch_images, int(getattr(loader, "skipped", 0)), dist)
+    return {**{k: v / max(steps, 1) for k, v in totals.items()},
+            "train_images_per_s": round(images / max(train_time, 1e-9), 2),
             "train_time_s": round(train_time, 1),
-            "train_skipped_images": int(getattr(loader, "skipped", 0)),
+            "train_skipped_images": skipped,
             "train_nonfinite_steps": (amp.skipped_steps - skipped_before) if amp is not None else 0}
 
 
@@ -192,7 +228,7 @@ def fit(method, optimizer, scheduler, train_loader, val_loader, run_dir: RunDire
         epochs: int, state: FitProgress | None = None, max_steps: int | None = None, quiet: bool = False,
         empty_class: str = "exclude", checkpoint_args: dict | None = None, max_nonfinite_steps: int = 5,
         checkpoint_every: int | None = None, observers=(), ap: str = "sklearn", select_loader=None,
-        select_split: str = "val") -> FitProgress:
+        select_split: str = "val", dist: DistContext = SINGLE) -> FitProgress:
     """Train from `state` to `epochs`, evaluating on `val_loader` after every epoch; best.pth holds the
     epoch with the highest (finite) selection mAP, last.pth the latest position. The selection mAP
     is the validation mAP, or with `select_loader` that loader's (logged as `<select_split>_*`
@@ -202,18 +238,28 @@ def fit(method, optimizer, scheduler, train_loader, val_loader, run_dir: RunDire
     stop = _StopSignal()
 
     def save(epoch: int, step: int, improved: bool = False) -> None:
-        saved = _checkpoint_state(method, optimizer, scheduler, amp, state, epoch, step, args)
+        ranks = dist.gather_objects(_rank_state(state)) if dist.enabled else None   # every rank takes part
+        if not run_dir.writes:
+            return
+        saved = _checkpoint_state(method, optimizer, scheduler, amp, state, epoch, step, args, dist.world)
+        if ranks is not None:
+            saved["ranks"] = ranks
         checkpoint.save_last_and_best(saved, run_dir.path, improved)
+
+    def stop_signal() -> int:
+        """The signal that stops the run (0: none); every rank stops at the same step."""
+        return dist.max_int(stop.received or 0)
 
     with stop.installed():
         for epoch in range(state.start_epoch, epochs):
             def after_step(done: int, snapshot, epoch=epoch) -> None:
                 due = checkpoint_every is not None and done % checkpoint_every == 0
-                if stop.received is not None or due:
+                received = stop_signal()
+                if received or due:
                     snapshot()
                     save(epoch, done)
-                if stop.received is not None:
-                    name = signal.Signals(stop.received).name
+                if received:
+                    name = signal.Signals(received).name
                     raise TrainingInterrupted(
                         f"{name}: stopped after step {done} of epoch {epoch + 1}; checkpoint written to "
                         f"{run_dir.path / 'last.pth'} (continue with --resume {run_dir.path / 'last.pth'})")
@@ -221,17 +267,17 @@ def fit(method, optimizer, scheduler, train_loader, val_loader, run_dir: RunDire
             row = {"epoch": epoch + 1, **train_one_epoch(
                 method, train_loader, optimizer, device, epoch=epoch, epochs=epochs, max_steps=max_steps,
                 quiet=quiet, amp=amp, max_nonfinite_steps=max_nonfinite_steps, state=state, after_step=after_step,
-                observers=observers)}
+                observers=observers, dist=dist)}
             row.update({f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)})
             scheduler.step()
             metrics = evaluate(method, val_loader, device, amp, empty_class, split="val", epoch=epoch,
-                               observers=observers, ap=ap)
+                               observers=observers, ap=ap, dist=dist)
             row.update({f"val_{k}": v for k, v in metrics.items()})
             selected = metrics
             if select_loader is not None:
                 # Not shown to the observers: their test-split reports are of the final weights.
                 selected = evaluate(method, select_loader, device, amp, empty_class, split=select_split,
-                                    epoch=epoch, ap=ap)
+                                    epoch=epoch, ap=ap, dist=dist)
                 row.update({f"{select_split}_{k}": v for k, v in selected.items()})
             run_dir.append_summary(row)
             for observer in observers:
@@ -245,21 +291,24 @@ def fit(method, optimizer, scheduler, train_loader, val_loader, run_dir: RunDire
             log.info("epoch %d: val mAP %.4f (best %s %.4f @ %d), CF1 %.4f, OF1 %.4f, %.1f img/s, %.0f s",
                      epoch + 1, metrics["mAP"], select_split, state.best_map, state.best_epoch + 1, metrics["CF1"],
                      metrics["OF1"], row["train_images_per_s"], row["train_time_s"])
-            if stop.received is not None:
-                raise TrainingInterrupted(f"{signal.Signals(stop.received).name}: stopped after epoch {epoch + 1}; "
+            received = stop_signal()
+            if received:
+                raise TrainingInterrupted(f"{signal.Signals(received).name}: stopped after epoch {epoch + 1}; "
                                           f"continue with --resume {run_dir.path / 'last.pth'}")
     return state
 
 
-def resume(method, optimizer, scheduler, amp: AmpPolicy, saved: dict) -> FitProgress:
-    """Load everything `fit` saved; the run continues exactly where it stopped."""
+def resume(method, optimizer, scheduler, amp: AmpPolicy, saved: dict, dist: DistContext = SINGLE) -> FitProgress:
+    """Load everything `fit` saved; the run continues exactly where it stopped (each rank with its
+    own RNG state and running sums when the checkpoint holds them)."""
     method.load_checkpoint_state(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     amp.load_state_dict(saved["amp"])
-    checkpoint.set_rng_state(saved["rng"])
+    mine = saved["ranks"][dist.rank] if dist.enabled and "ranks" in saved else saved
+    checkpoint.set_rng_state(mine["rng"])
     position = saved.get("position", {"epoch": saved["epoch"] + 1, "step": 0})
     return FitProgress(start_epoch=position["epoch"], best_map=saved["best_map"], best_epoch=saved["best_epoch"],
-                       start_step=position["step"], epoch_sums=dict(saved.get("epoch_sums", {})),
+                       start_step=position["step"], epoch_sums=dict(mine.get("epoch_sums", {})),
                        epoch_time_s=float(saved.get("epoch_time_s", 0.0)),
-                       epoch_images=int(saved.get("epoch_images", 0)))
+                       epoch_images=int(mine.get("epoch_images", 0)))

@@ -4,6 +4,24 @@ A method owns its trainable modules and all of its state as parameters and buffe
 nn.Module, so `state_dict()` checkpoints it whole and `.to(device)` moves it), its optimiser
 parameter groups and its training step. The loop (scob_fast.engine) owns data, optimiser,
 schedule, evaluation and checkpoints and calls only the hooks below.
+
+Under torchrun a method trains on its rank's shard of each batch and keeps the one-process
+semantics through `ctx.dist` (scob_fast.engine.distributed): it gathers its per-sample outputs and
+batch fields and computes the global batch's loss and state updates on every rank; with one
+process every gather returns its input.
+
+What each method synchronises (helpers of ctx.dist, called in its own train_step):
+
+| method | every step | every epoch |
+|---|---|---|
+| all | gradients averaged; BN running statistics from rank 0 (if any unfolded BN) | log sums averaged, images summed; val/test scores gathered |
+| an, an-ls, wan, bce, em, epr, splc | logits (autograd), observed, index gathered: the loss (EPR's batch mean, SPLC's sum) is the global batch's | - |
+| role | as above; the estimator rows of the global batch are indexed on every rank: each copy takes the same update | - |
+| ll-r, ll-ct, ll-cp | as above: k = ceil(B C rate) and the rejection threshold over the global batch; LL-Cp's corrections written for every global row | - |
+| em-apl | as above: the predictions and observed mask of every global row are recorded on every rank | pseudo labels from the identical full matrices |
+| scob | supervised: logits (autograd), index, observed gathered, estimator + EPR of the global batch; contrastive step only if both levels keep a token on SOME rank; z (autograd), zk, classes gathered for the InfoNCE; bank top-K from every rank's candidates (zk, class, confidence, index, keep) | correlation from the full estimator: identical, no communication |
+| sst | (its head's BatchNorm: per-rank batch statistics) logits, semantic features, pair logits (autograd), observed, labels gathered: partial BCE, co-occurrence, distance (pairs across ranks, keys drawn for B from (seed, step)), pseudo labels; bank pushed with the global batch | - |
+| sadcl | label features h (autograd), observed gathered: ASL, SSCL, PSCL of the global batch; memory bank written from the global batch | - |
 """
 from __future__ import annotations
 
@@ -14,6 +32,7 @@ import torch
 from torch import nn
 
 from scob_fast.engine.amp import AmpPolicy
+from scob_fast.engine.distributed import SINGLE, DistContext
 from scob_fast.models.backbone import FrozenBackbone
 
 log = logging.getLogger("scob_fast.methods")
@@ -54,6 +73,7 @@ class MethodContext:
     epochs: int = 20
     batch_size: int = 8
     hparam_family: str = "coco"     # which published per-dataset hyper-parameter row applies
+    dist: DistContext = SINGLE      # rank, world size and the gathers of data-parallel training
 
 
 class Method(nn.Module):

@@ -35,18 +35,19 @@ def build_loader(dataset: MultiLabelDataset, observed, *, batch_size: int, image
                  train: bool, hard_view: bool, loader: str = "auto", workers: int = 2, seed: int = 0,
                  dtype: torch.dtype = torch.float32, drop_last: bool | None = None,
                  max_bad_fraction: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 device: str | None = None):
+                 device: str | None = None, shard: tuple[int, int] = (0, 1)):
     """An iterable of batch dicts (see the module doc of scob_fast.data) with `__len__`,
     `set_epoch(epoch, start_batch=0)` (resume inside an epoch; `next_batch` after each batch) and a
     per-epoch `skipped` count. loader="auto" picks DALI when it imports. `max_pixels`: images whose
     header claims more pixels are skipped as decompression bombs (both loaders, same rule).
     `device` (DALI only): "cuda" decodes on the GPU ("mixed") and returns CUDA tensors, "cpu" never
-    touches a GPU; default cuda when torch sees one."""
+    touches a GPU; default cuda when torch sees one. `shard=(rank, world)`: this process reads its
+    slots of every batch (data parallelism; see loaders.base)."""
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
     kwargs = dict(batch_size=batch_size, image_size=image_size, mean=mean, std=std, train=train,
                   hard_view=hard_view, workers=workers, seed=seed, dtype=dtype, drop_last=drop_last,
-                  max_bad_fraction=max_bad_fraction, max_pixels=max_pixels)
+                  max_bad_fraction=max_bad_fraction, max_pixels=max_pixels, shard=shard)
     if loader == "auto":
         loader = "dali" if dali_available() is None else "pil"
     if loader == "dali":

@@ -12,7 +12,13 @@ Both loaders (DALI and PIL) build on `LoaderBase`:
 - a bad image (missing, unreadable, corrupt) is dropped from its batch with a warning and counted in
   `loader.skipped` (this epoch; names in `loader.skipped_files`); a batch that loses every image is
   not yielded. When more than `max_bad_fraction` of the dataset has failed in one epoch the loader
-  stops with `DataLoadError` naming the first failures.
+  stops with `DataLoadError` naming the first failures;
+- data parallelism (`shard=(rank, world)`, torchrun): the batches stay those of one process (the
+  global batch, same order, same len(loader)); rank r reads slots [r b, (r+1) b) of each, b =
+  ceil(size / world), with the draws of the whole batch (`draw_shard`), so a sample's flip and
+  hard view do not depend on the world size. Training batches (drop_last) must split evenly; the
+  last batch of an eval pass is padded by repeating its last image, which the trainer drops after
+  gathering the scores (by dataset index).
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import warnings
 import numpy as np
 import torch
 
-from ..augment import check_mean_std
+from ..augment import check_mean_std, draw_batch, subset_params
 from ..images import DEFAULT_MAX_PIXELS
 from ..multilabel import MultiLabelDataset
 
@@ -54,6 +60,47 @@ def batch_split(order: np.ndarray, batch_size: int, drop_last: bool) -> list[np.
     return [order[s:s + batch_size] for s in range(0, stop, batch_size)]
 
 
+def check_shard(shard, batch_size: int, drop_last: bool) -> tuple[int, int]:
+    """(rank, world) as ints, or ValueError: a training batch must split evenly over the ranks."""
+    try:
+        rank, world = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise ValueError(f"shard must be (rank, world), got {shard!r}") from None
+    if not 0 <= rank < world:
+        raise ValueError(f"shard (rank {rank}, world {world}): need 0 <= rank < world")
+    if drop_last and batch_size % world:
+        raise ValueError(f"--batch-size {batch_size} is the global batch and must be a multiple of the "
+                         f"{world} processes (torchrun's world size)")
+    return rank, world
+
+
+def shard_slots(size: int, rank: int, world: int) -> np.ndarray | None:
+    """The slots of a batch of `size` that rank `rank` reads: ceil(size / world) consecutive ones,
+    the last slot repeated where the batch runs out (eval padding). None with one process (all)."""
+    if world == 1:
+        return None
+    per = -(-size // world)
+    return np.minimum(np.arange(rank * per, (rank + 1) * per), size - 1)
+
+
+def draw_shard(seed: int, epoch: int, batch: int, size: int, slots: np.ndarray | None, *, flip: bool,
+               hard_view: bool):
+    """augment.draw_batch of the whole batch (`size` slots), restricted to this rank's `slots`."""
+    flips, params = draw_batch(seed, epoch, batch, size, flip=flip, hard_view=hard_view)
+    if slots is None:
+        return flips, params
+    return flips[slots], (None if params is None else subset_params(params, slots))
+
+
+def shard_plan(batches: list[np.ndarray], rank: int, world: int) -> list[tuple[np.ndarray, np.ndarray | None, int]]:
+    """(this rank's indices, their slots in the batch or None, the batch size) of every batch."""
+    plan = []
+    for indices in batches:
+        slots = shard_slots(len(indices), rank, world)
+        plan.append((indices if slots is None else indices[slots], slots, len(indices)))
+    return plan
+
+
 def check_position(epoch, start_batch, batches: int) -> tuple[int, int]:
     """(epoch, start_batch) as ints, or ValueError for a position the epoch does not have."""
     if not isinstance(epoch, (int, np.integer)) or epoch < 0:
@@ -72,7 +119,8 @@ class LoaderBase:
     def __init__(self, dataset: MultiLabelDataset, observed, *, batch_size: int, image_size: int,
                  mean, std, train: bool, hard_view: bool, workers: int = 2, seed: int = 0,
                  dtype: torch.dtype = torch.float32, drop_last: bool | None = None,
-                 max_bad_fraction: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_bad_fraction: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 shard: tuple[int, int] = (0, 1)):
         if not isinstance(dataset, MultiLabelDataset):
             raise TypeError(f"dataset must be a MultiLabelDataset, got {type(dataset).__name__}")
         if len(dataset) == 0:
@@ -108,6 +156,8 @@ class LoaderBase:
         if not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
             raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
         self.max_pixels = int(max_pixels)
+        self.rank, self.world = check_shard(shard, self.batch_size, self.drop_last)
+        self.rank_batch_size = -(-self.batch_size // self.world)   # the most images one rank gets
         self.epoch = 0
         self.start_batch = 0
         self.next_batch = 0
@@ -128,14 +178,16 @@ class LoaderBase:
     def __len__(self) -> int:
         return num_batches(len(self.dataset), self.batch_size, self.drop_last)
 
-    def _start_epoch(self) -> list[tuple[int, np.ndarray]]:
-        """Begin a pass: reset the per-epoch counts and return its (batch number, indices) from
-        start_batch on; start_batch then falls back to 0 so that a later pass is a whole epoch."""
+    def _start_epoch(self) -> list[tuple[int, np.ndarray, np.ndarray | None, int]]:
+        """Begin a pass: reset the per-epoch counts and return its (batch number, this rank's
+        indices, their slots, batch size) from start_batch on (see `shard_plan`); start_batch then
+        falls back to 0 so that a later pass is a whole epoch."""
         self.skipped = 0
         self.skipped_files = []
         first, self.start_batch = self.start_batch, 0
         self.next_batch = first
-        return list(enumerate(self.batch_indices()))[first:]
+        plan = shard_plan(self.batch_indices(), self.rank, self.world)
+        return [(k, *entry) for k, entry in enumerate(plan)][first:]
 
     # -- bad images --------------------------------------------------------------------------------
     def _record_bad(self, index: int, reason: str) -> None:

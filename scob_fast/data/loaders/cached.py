@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..augment import draw_batch
-from .base import batch_split, check_position, epoch_order, num_batches
+from .base import batch_split, check_position, check_shard, draw_shard, epoch_order, num_batches, shard_plan
 
 CACHE_VERSION = 1
 
@@ -93,14 +92,16 @@ class CachedFeatureLoader:
     Train mode shuffles with the same seed/epoch rule as the image loaders and picks the mirrored
     view where the image loaders would flip: the flips of batch k are augment.draw_batch(seed,
     epoch, k)'s, so `set_epoch(epoch, start_batch=k)` resumes bit for bit (see loaders.base).
+    `shard=(rank, world)` reads this rank's slots of each batch, as the image loaders do.
     """
 
     def __init__(self, cache: FeatureCache, labels: np.ndarray, observed: np.ndarray | None, batch_size: int,
-                 train: bool, seed: int = 0, drop_last: bool | None = None):
+                 train: bool, seed: int = 0, drop_last: bool | None = None, shard: tuple[int, int] = (0, 1)):
         self.cache, self.labels = cache, labels
         self.observed = observed if observed is not None else np.zeros_like(labels, dtype=np.int8)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.drop_last = train if drop_last is None else drop_last
+        self.rank, self.world = check_shard(shard, batch_size, self.drop_last)
         self.epoch = 0
         self.start_batch = 0
         self.next_batch = 0
@@ -117,12 +118,13 @@ class CachedFeatureLoader:
     def __iter__(self):
         batches = batch_split(epoch_order(len(self.cache), self.seed, self.epoch, self.train),
                               self.batch_size, self.drop_last)
+        plan = shard_plan(batches, self.rank, self.world)
         first, self.start_batch = self.start_batch, 0
         self.next_batch = first
         mirrored = self.train and self.cache.views > 1
         for k in range(first, len(batches)):
-            index = batches[k]
-            flips, _ = draw_batch(self.seed, self.epoch, k, len(index), flip=mirrored, hard_view=False)
+            index, slots, size = plan[k]
+            flips, _ = draw_shard(self.seed, self.epoch, k, size, slots, flip=mirrored, hard_view=False)
             view = flips.astype(np.int64)
             self.next_batch = k + 1
             yield {

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..augment import draw_batch, hard_view_from_uint8
+from ..augment import hard_view_from_uint8
 from ..images import decode_checked, read_encoded
-from .base import DataLoadError, LoaderBase
+from .base import DataLoadError, LoaderBase, draw_shard
 
 _IN_FLIGHT = 2  # prefetch depth: batches DALI works on while Python reads the next files
 
@@ -108,8 +108,8 @@ class _Feeder:
         if self.requeued:
             fed = self.requeued.popleft()
         else:
-            for batch_no, indices in self.batches:
-                fed = self.loader._read_batch(self.epoch, batch_no, indices)
+            for batch_no, indices, slots, size in self.batches:
+                fed = self.loader._read_batch(self.epoch, batch_no, indices, slots, size)
                 if fed.index:
                     break
             else:
@@ -143,14 +143,16 @@ class DaliLoader(LoaderBase):
         from nvidia.dali import types
         out_dtype = types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT
         self._pipe = _build_pipeline(
-            self._feeder, batch_size=self.batch_size, threads=max(1, self.workers),
+            self._feeder, batch_size=self.rank_batch_size, threads=max(1, self.workers),
             device_id=self.device.index if self.device.type == "cuda" else None,
             seed=self.seed % (2 ** 31), size=self.image_size, mean=self.mean, std=self.std,
             hard_view=self.hard_view, out_dtype=out_dtype)
         self._needs_reset = False
 
-    def _read_batch(self, epoch: int, batch_no: int, indices) -> _Fed:
-        mirror, params = draw_batch(self.seed, epoch, batch_no, len(indices), flip=self.train,
+    def _read_batch(self, epoch: int, batch_no: int, indices, slots=None, size=None) -> _Fed:
+        """This rank's images of batch `batch_no` (`slots` of its `size` draws; see base.shard_plan)."""
+        size = len(indices) if size is None else size
+        mirror, params = draw_shard(self.seed, epoch, batch_no, size, slots, flip=self.train,
                                     hard_view=self.hard_view)
         good = np.zeros(len(indices), dtype=bool)
         encoded = [None] * len(indices)

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..augment import draw_batch, hard_view_from_uint8, normalise, subset_params
+from ..augment import hard_view_from_uint8, normalise, subset_params
 from ..images import decode_checked, read_encoded
-from .base import LoaderBase
+from .base import LoaderBase, draw_shard
 
 class _BatchBuilder(torch.utils.data.Dataset):
-    """Maps (epoch, batch number, indices) to a dict of tensors; runs inside DataLoader workers."""
+    """Maps (epoch, batch number, indices, slots, batch size) to a dict of tensors; runs inside
+    DataLoader workers (slots: which of the batch's draws are this rank's, base.shard_plan)."""
 
     def __init__(self, paths, image_size, mean, std, train, hard_view, dtype, seed, max_pixels):
         self.paths, self.size, self.mean, self.std = paths, image_size, mean, std
@@ -34,8 +35,8 @@ class _BatchBuilder(torch.utils.data.Dataset):
         return 0
 
     def __getitem__(self, spec):
-        epoch, batch_no, indices = spec
-        flips, params = draw_batch(self.seed, epoch, batch_no, len(indices), flip=self.train,
+        epoch, batch_no, indices, slots, size = spec
+        flips, params = draw_shard(self.seed, epoch, batch_no, size, slots, flip=self.train,
                                    hard_view=self.hard_view)
         clean, slots, good, bad = [], [], [], []
         for slot, i in enumerate(indices):
@@ -65,8 +66,8 @@ class _BatchBuilder(torch.utils.data.Dataset):
 
 
 class _EpochSampler(torch.utils.data.Sampler):
-    """Yields (epoch, batch number, indices) of the pass the loader has started (read at each
-    __iter__, which lets persistent workers serve every epoch)."""
+    """Yields (epoch, batch number, indices, slots, batch size) of the pass the loader has started
+    (read at each __iter__, which lets persistent workers serve every epoch)."""
 
     def __init__(self, loader: "PilLoader"):
         # Weak: a strong reference would make loader -> DataLoader -> sampler -> loader a cycle, and
@@ -75,8 +76,8 @@ class _EpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         epoch, plan = self._loader()._pass
-        for k, idx in plan:
-            yield epoch, k, idx.tolist()
+        for k, idx, slots, size in plan:
+            yield epoch, k, idx.tolist(), slots, size
 
     def __len__(self):
         return len(self._loader()._pass[1])
@@ -100,7 +101,7 @@ class PilLoader(LoaderBase):
         builder = _BatchBuilder(self.dataset.image_paths, self.image_size, self.mean, self.std,
                                 self.train, self.hard_view, self.dtype, self.seed, self.max_pixels)
         extra = {"persistent_workers": True, "prefetch_factor": 2} if self.workers > 0 else {}
-        self._pass: tuple[int, list] = (0, [])  # (epoch, (batch number, indices) of each batch to build)
+        self._pass: tuple[int, list] = (0, [])  # (epoch, base._start_epoch entries of each batch to build)
         self._loader = torch.utils.data.DataLoader(
             builder, sampler=_EpochSampler(self), batch_size=None, num_workers=self.workers,
             collate_fn=_no_collate, worker_init_fn=_worker_init,

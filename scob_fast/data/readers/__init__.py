@@ -8,7 +8,8 @@ name uses, with which arguments, is the registry's business (scob_fast.data.regi
 from .coco import COCO_LAYOUT, read_coco
 from .folder import FOLDER_LAYOUT, read_folder
 from .lists import LIST_LAYOUT, read_list_format
+from .vg import VG200_LAYOUT, read_vg
 from .voc import VOC_CLASSES, VOC_LAYOUT, read_voc
 
 __all__ = ["COCO_LAYOUT", "read_coco", "FOLDER_LAYOUT", "read_folder", "LIST_LAYOUT", "read_list_format",
-           "VOC_CLASSES", "VOC_LAYOUT", "read_voc"]
+           "VG200_LAYOUT", "read_vg", "VOC_CLASSES", "VOC_LAYOUT", "read_voc"]

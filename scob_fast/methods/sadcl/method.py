@@ -83,13 +83,18 @@ class SADCL(Method):
         return a.cls_weight * loss
 
     def losses(self, f_high: torch.Tensor, observed: torch.Tensor):
-        """(total loss, logged terms, label features h, logits) of one batch."""
+        """(total loss, logged terms, label features h, logits) of one batch (h and logits of the
+        global batch under torchrun)."""
         a, net = self.config, self.net
         if a.memory_bank and f_high.shape[0] > net.memory_bank.shape[0]:
             raise ValueError(f"SADCL: a batch of {f_high.shape[0]} images, but the memory bank has "
                              f"{net.memory_bank.shape[0]} slots (one per position of a --batch-size batch)")
         with self.ctx.amp.autocast():
             h = net.label_features(f_high)
+            # The losses and the bank see the global batch (one process: this batch): SSCL and PSCL
+            # contrast images across ranks.
+            h = self.ctx.dist.gather_with_grad(h)
+            observed = self.ctx.dist.gather(observed)
             logits = net.classify(h)
         loss_cls = self.classification_loss(logits, observed)
         z = net.project(h)
@@ -115,7 +120,8 @@ class SADCL(Method):
         ok = self.ctx.amp.step(loss, optimizer)
         writes = torch.zeros((), device=logits.device)
         if ok:
-            writes = self.net.update_memory_bank(h, logits, observed, self.config.bank_threshold).float()
+            writes = self.net.update_memory_bank(h, logits, self.ctx.dist.gather(observed),
+                                                 self.config.bank_threshold).float()
         stats["bank_writes"] = writes
         stats["loss"] = loss.detach()
         return stats

@@ -19,6 +19,12 @@ Two engines run the same mathematics:
 The `published_*` switches reproduce what the public loop does by accident (ScobConfig): BatchNorm
 on batch statistics after the CAM pass, momentum heads that never move from their own random
 initialisation, and zero-vector prototypes / NaN-skipped contrastive steps.
+
+Under torchrun (`ctx.dist`) the heads, CAM and momentum key run on the rank's slice; the
+supervised loss (estimator rows, EPR) and the InfoNCE are the global batch's, from gathered
+logits / projections (with autograd) and keys; the contrastive step runs when both levels keep a
+token on some rank; every rank offers the bank the global batch's candidates, so the top-K is the
+same on every copy. One process: every gather returns its input.
 """
 from __future__ import annotations
 
@@ -236,8 +242,10 @@ class Scob(Method):
                 logits = self.net(f_low, f_high)
         finally:
             self.net.train(was_training)
+        dist = self.ctx.dist
         classifier_term, estimator_term = scob_supervised_terms(
-            logits, self.estimator(batch["index"]), batch["observed"], self.ctx.expected_positives)
+            dist.gather_with_grad(logits), self.estimator(dist.gather(batch["index"])), dist.gather(batch["observed"]),
+            self.ctx.expected_positives)
         loss = classifier_term + estimator_term
         amp.step(loss, optimizer)
         return logits.detach().float(), loss.detach(), classifier_term.detach(), estimator_term.detach()
@@ -316,6 +324,7 @@ class Scob(Method):
         return {"cam": torch.stack(cams, 1), "keep_low": torch.stack(lows, 1), "keep_high": torch.stack(highs, 1)}
 
     def _contrastive(self, z, zk, classes, optimizer, reference: bool):
+        """z: this rank's projections; zk, classes: the global batch's keys and classes."""
         a = self.config
         prototypes, valid = self.bank.prototypes()
         if a.published_bank:
@@ -324,7 +333,7 @@ class Scob(Method):
             prototypes = torch.where(valid[:, None], prototypes, torch.zeros_like(prototypes))
             valid = torch.ones_like(valid)
         loss = a.lambda_cl * scob_contrastive_loss(
-            z, zk, classes, prototypes, valid, self.contrast_weights, a.temperature,
+            self.ctx.dist.gather_with_grad(z), zk, classes, prototypes, valid, self.contrast_weights, a.temperature,
             backend="reference" if reference else None)
         self.ctx.amp.step(loss, optimizer)
         return loss.detach()
@@ -386,12 +395,21 @@ class Scob(Method):
         # MultiheadAttention gives NaN for a sample without one, its loss is NaN and
         # PhaseHelper.validate_loss skips the step (main.py:354).
         complete = keep_low.any(dim=1) & keep_high.any(dim=1) if a.published_bank else None
+        # The global batch's keys, classes and completeness (one process: this batch's).
+        dist = self.ctx.dist
+        zk_all, classes_all = dist.gather(zk), dist.gather(classes)
+        complete_all = None if complete is None else dist.gather(complete)
         with timer("contrastive"):
-            run = bool(complete.all()) if a.published_bank else bool(keep_low.any()) and bool(keep_high.any())
+            if a.published_bank:
+                run = bool(complete_all.all())
+            elif dist.enabled:
+                run = all(dist.any_each(bool(keep_low.any()), bool(keep_high.any())))
+            else:
+                run = bool(keep_low.any()) and bool(keep_high.any())
             if run:
                 with amp.autocast():
                     z = self.net.projector(self.net.embed(h_low, h_high, keep_low, keep_high))
-                stats["loss_cl"] = self._contrastive(z, zk, classes, optimizer, reference)
+                stats["loss_cl"] = self._contrastive(z, zk_all, classes_all, optimizer, reference)
             else:
                 stats["loss_cl"] = torch.zeros((), device=loss_sup.device)
         stats["cl_step"] = torch.tensor(float(run), device=loss_sup.device)
@@ -400,7 +418,7 @@ class Scob(Method):
         with timer("bank"):
             confidence = probabilities.gather(1, classes[:, None])[:, 0]
             update = self.bank.update_sequential if reference else self.bank.update
-            update(zk, classes, confidence, batch["index"], keep=complete)
+            update(zk_all, classes_all, dist.gather(confidence), dist.gather(batch["index"]), keep=complete_all)
         stats["keep_low"] = keep_low.float().mean()
         stats["keep_high"] = keep_high.float().mean()
         stats["estimator_drift"] = self.estimator.drift(batch["index"], batch["observed"] > 0)

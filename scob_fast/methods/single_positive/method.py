@@ -98,7 +98,12 @@ class SinglePositiveBaseline(Method):
         with self.ctx.amp.autocast():
             logits = self.net(f_low, f_high)
         positives = (batch["observed"] > 0).float()
-        loss = self.criterion.loss(logits.float(), positives, batch["index"], self.epoch)
+        # The global batch's loss on every rank (one process: this batch's): batch statistics (EPR,
+        # the LL threshold, SPLC's sum) and per-sample state (estimator rows, LL-Cp corrections,
+        # EM-APL predictions) see every rank's samples, so every copy makes the same update.
+        dist = self.ctx.dist
+        loss = self.criterion.loss(dist.gather_with_grad(logits.float()), dist.gather(positives),
+                                   dist.gather(batch["index"]), self.epoch)
         self.ctx.amp.step(loss, optimizer)
         stats = {"loss": loss.detach()}
         if hasattr(self.criterion, "drift"):      # ROLE: its label estimator's distance from its start

@@ -127,6 +127,12 @@ class SST(Method):
             logits, semantic = self.net.classify(f_high)
             pair_logits = self.net.pair_logits(semantic)
         logits, semantic, pair_logits = logits.float(), semantic.float(), pair_logits.float()
+        # Every term below is the global batch's (one process: this batch's): the distance loss pairs
+        # images across ranks and the bank takes every rank's positives, identically on every copy.
+        dist = self.ctx.dist
+        logits, semantic, pair_logits = (dist.gather_with_grad(t) for t in (logits, semantic, pair_logits))
+        observed = dist.gather(observed)
+        labels = None if labels is None else dist.gather(labels)
         # SST.py Train: weight * loss * batchIndex / len(train_loader) in epoch 0
         ramp = min(1.0, self.step_in_epoch / self.steps_per_epoch) if self.epoch == 0 else 1.0
         loss_cls = partial_bce(logits, observed)
