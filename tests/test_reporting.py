@@ -158,3 +158,15 @@ def test_report_options_are_flags():
         assert Progress(3, "z", stream=io.StringIO()).mode == "none"
     finally:
         progress_module.restore(previous)
+
+
+def test_tensorboard_test_map_uses_the_ap_of_the_run(tmp_path):
+    # --ap voc-interpolated: TensorBoard's test/mAP is final.json's number, not scikit-learn's AP.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = tmp_path / "voc-ap"
+    final = run(parse_args(SMALL + ["--method", "an", "--epochs", "1", "--max-steps", "2", "--ap", "voc-interpolated",
+                                    "--out", str(out)]))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert final["modes"]["ap"] == "voc-interpolated"
+    assert events.Scalars("test/mAP")[0].value == pytest.approx(final["test"]["mAP"], abs=1e-6)

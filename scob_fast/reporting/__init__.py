@@ -45,7 +45,8 @@ def build_observers(config, run_dir, class_names: list[str]) -> list:
     if r.tensorboard:
         reason = tensorboard_available()
         if reason is None:
-            observers.append(TensorBoardObserver(path / "tensorboard", empty_class=config.run.map_empty_class))
+            observers.append(TensorBoardObserver(path / "tensorboard", empty_class=config.run.map_empty_class,
+                                                 ap=config.run.ap))
         else:
             log.info("TensorBoard logging off: the tensorboard package is not usable here (%s); "
                      "pip install tensorboard, or pass --no-tensorboard", reason)

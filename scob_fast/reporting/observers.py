@@ -115,11 +115,12 @@ class TensorBoardObserver(Observer):
     global step is epoch * steps_per_epoch + step; steps_per_epoch is learnt at the end of the first
     epoch seen (a run resumed after epoch 0 writes its first epoch's steps when that epoch ends)."""
 
-    def __init__(self, log_dir, empty_class: str = "exclude", flush_every: int = 50):
+    def __init__(self, log_dir, empty_class: str = "exclude", flush_every: int = 50, ap: str = "sklearn"):
         from torch.utils.tensorboard import SummaryWriter
         self.log_dir = Path(log_dir)
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
         self.empty_class, self.flush_every = empty_class, max(int(flush_every), 1)
+        self.ap = ap     # --ap: test/mAP is the number final.json reports
         self.pending: list[tuple] = []
         self.steps_per_epoch: int | None = None
         self.last_step: dict[int, int] = {}
@@ -182,7 +183,7 @@ class TensorBoardObserver(Observer):
     def on_scores(self, split: str, epoch: int, scores, targets) -> None:
         if split != "test":
             return
-        metrics = multilabel_metrics(scores, targets, empty_class=self.empty_class)
+        metrics = multilabel_metrics(scores, targets, empty_class=self.empty_class, ap=self.ap)
         for key, value in metrics.items():
             self.writer.add_scalar(f"test/{key}", float(value), epoch + 1)
         self.writer.flush()
