@@ -8,20 +8,20 @@ writes to rows it does not own (no atomics). Memory: inputs, gradients and O(N) 
 
 `forward` / `backward` take the arguments of torch.ops.scob_fast.label_contrastive_{fwd,bwd}: they are
 the bodies of scob_fast::label_contrastive_triton_{fwd,bwd} (scob_fast/ops/_kernel_op.py), which share
-the C++ ops' schemas, fake kernels and autograd.
+the C++ ops' schemas, fake kernels and autograd. Block sizes, num_warps and num_stages come from
+`launch_config` per GPU target and dtype, checked ahead of time by scripts/aot_compile_check.py.
 """
 from __future__ import annotations
+
+import re
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
 from scob_fast import env
-
-BLOCK_N = 64
-BLOCK_M = 64
-NUM_WARPS = 4
-
+from scob_fast.kernels import targets
 
 @triton.jit
 def _pair_terms(s, offs_n, offs_m, y_a, y_c, w_ptr, num_classes, m_total, inv_t, shift,
@@ -200,14 +200,68 @@ def _label_contrastive_bwd_candidate_kernel(a_ptr, c_ptr, ya_ptr, yc_ptr, w_ptr,
             tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + part, mask=mask)
 
 
+KERNELS = ("fwd", "bwd_anchor", "bwd_candidate")
+BLOCK_DS = (16, 32, 64)
+# Launch configurations per kernel, per 16-bit ("16": bfloat16 and float16 alike) or float32 ("32")
+# inputs and target group, one per BLOCK_D of BLOCK_DS, written
+# "<BLOCK_N anchors>x<BLOCK_M candidates>w<num_warps>s<num_stages>": for each, the first of CANDIDATES
+# (the most work per program first), each with num_stages 3, 2, 1, that compiles for that target
+# (maxnreg 255, see targets.py) without a register spill and within its shared memory for both 16-bit
+# dtypes and every flag combination (`scripts/aot_compile_check.py --search` makes these rows; the
+# check compiles exactly what they select, and bench/results/aot_compile.json has the registers and
+# shared memory of each).
+CANDIDATES = ("64x64w4", "64x64w8", "64x32w4", "32x64w4", "32x32w4", "32x32w8", "16x32w4", "32x16w4", "16x16w4")
+_CONFIGS = {
+    # (kernel, inputs, targets):   BLOCK_D = 16, 32, 64
+    ("fwd", "16", (80, 90)): ("64x64w8s3", "64x64w8s3", "64x64w4s2"),
+    ("fwd", "16", (86, 89)): ("64x64w8s3", "64x64w8s3", "64x64w4s1"),
+    ("fwd", "32", (80, 86, 89, 90)): ("64x64w8s2", "64x64w8s1", "64x64w4s1"),
+    ("bwd_anchor", "16", (80, 86, 89)): ("64x64w8s3", "64x64w8s3", "64x64w4s1"),
+    ("bwd_anchor", "16", (90,)): ("64x64w4s2", "64x64w8s3", "64x64w4s3"),
+    ("bwd_anchor", "32", (80,)): ("64x64w8s3", "64x64w8s1", "32x32w4s3"),
+    ("bwd_anchor", "32", (86, 89, 90)): ("64x64w8s3", "64x64w8s1", "32x32w4s1"),
+    ("bwd_candidate", "16", (80, 86, 89)): ("64x64w4s3", "64x64w4s3", "64x64w4s1"),
+    ("bwd_candidate", "16", (90,)): ("64x64w4s3", "64x64w4s3", "64x64w8s3"),
+    ("bwd_candidate", "32", (80,)): ("64x64w8s3", "64x64w8s2", "32x32w8s3"),
+    ("bwd_candidate", "32", (86, 89, 90)): ("64x64w8s3", "64x64w8s1", "32x32w8s1"),
+}
+_CONFIG_PATTERN = re.compile(r"(\d+)x(\d+)w(\d+)s(\d+)")
+
+
+def parse_entry(entry: str) -> dict:
+    """BLOCK_N, BLOCK_M, num_warps and num_stages of a table entry "<BLOCK_N>x<BLOCK_M>w<warps>s<stages>"."""
+    bn, bm, warps, stages = map(int, _CONFIG_PATTERN.fullmatch(entry).groups())
+    return dict(BLOCK_N=bn, BLOCK_M=bm, num_warps=warps, num_stages=stages)
+
+
+def launch_config(kernel: str, dtype: torch.dtype, dim: int, target: Optional[int]) -> dict:
+    """BLOCK_N (anchors), BLOCK_M (candidates), BLOCK_D, num_warps and num_stages of `kernel` (one of
+    KERNELS) for features of `dtype` and width `dim` on `target` (a compute capability of
+    targets.TARGETS; None: the CPU interpreter, whose one configuration its tests were written against)."""
+    block_d = max(16, min(64, triton.next_power_of_2(dim)))
+    if target is None:
+        return dict(BLOCK_N=64, BLOCK_M=64, BLOCK_D=block_d, num_warps=4, num_stages=3)
+    inputs = "32" if dtype == torch.float32 else "16"
+    row = next(configs for (name, kind, group), configs in _CONFIGS.items()
+               if name == kernel and kind == inputs and target in group)
+    return dict(parse_entry(row[BLOCK_DS.index(block_d)]), BLOCK_D=block_d, maxnreg=targets.REGISTERS_PER_THREAD)
+
+
+def _launch_config(kernel: str, a: torch.Tensor) -> dict:
+    target = None if env.triton_interpreting() else targets.config_target(targets.arch_of(a.device))
+    return launch_config(kernel, a.dtype, a.shape[1], target)
+
+
 def _prepare(anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, temperature,
              logit_shift, logit_form):
     if anchors.dtype == torch.float64:
         raise TypeError("label_contrastive (triton): float64 is not supported; use the cpp or cuda backend")
     a = anchors.contiguous()
     c = a if candidates is anchors else candidates.contiguous()
-    ya = anchor_labels.to(torch.int64).contiguous()
-    yc = ya if candidate_labels is anchor_labels else candidate_labels.to(torch.int64).contiguous()
+    # int32 labels: the [BLOCK_N, BLOCK_M] label compares and weight-table offsets take half the
+    # registers of int64 ones (class indices are far below 2^31).
+    ya = anchor_labels.to(torch.int32).contiguous()
+    yc = ya if candidate_labels is anchor_labels else candidate_labels.to(torch.int32).contiguous()
     dummy = torch.zeros(1, device=a.device, dtype=torch.float32)
     table, num_classes = dummy, 0
     if class_weights is not None:
@@ -221,13 +275,12 @@ def _prepare(anchors, anchor_labels, candidates, candidate_labels, class_weights
     # The interpreter's tl.dot mishandles bfloat16; on a GPU, float32 stays exact ("ieee") while
     # 16-bit inputs use the tensor cores with float32 accumulation.
     dot_f32 = env.triton_interpreting() or a.dtype == torch.float32
-    block_d = max(16, min(64, triton.next_power_of_2(a.shape[1])))
-    return a, c, ya, yc, table, num_classes, extra, dot_f32, block_d
+    return a, c, ya, yc, table, num_classes, extra, dot_f32
 
 
 def forward(anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, temperature,
             logit_shift, logit_form, label_positives, exclude_self):
-    a, c, ya, yc, table, num_classes, extra, dot_f32, block_d = _prepare(
+    a, c, ya, yc, table, num_classes, extra, dot_f32 = _prepare(
         anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, temperature,
         logit_shift, logit_form)
     n, d = a.shape
@@ -237,18 +290,18 @@ def forward(anchors, anchor_labels, candidates, candidate_labels, class_weights,
     count = torch.empty_like(loss)
     if n == 0:
         return loss, lse, count
-    _label_contrastive_fwd_kernel[(triton.cdiv(n, BLOCK_N),)](
+    config = _launch_config("fwd", a)
+    _label_contrastive_fwd_kernel[(triton.cdiv(n, config["BLOCK_N"]),)](
         a, c, ya, yc, table, extra, loss, lse, count, n, m, d, num_classes, 1.0 / temperature, float(logit_shift),
         HAS_W=class_weights is not None, HAS_EXTRA=extra_positive is not None, LOGIT_FORM=bool(logit_form),
-        LABEL_POS=bool(label_positives), EXCL_SELF=bool(exclude_self), DOT_F32=dot_f32,
-        BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M, BLOCK_D=block_d, num_warps=NUM_WARPS)
+        LABEL_POS=bool(label_positives), EXCL_SELF=bool(exclude_self), DOT_F32=dot_f32, **config)
     return loss, lse, count
 
 
 def backward(grad_loss, anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, lse,
              count, temperature, logit_shift, logit_form, label_positives, exclude_self, need_anchors,
              need_candidates, need_extra):
-    a, c, ya, yc, table, num_classes, extra, dot_f32, block_d = _prepare(
+    a, c, ya, yc, table, num_classes, extra, dot_f32 = _prepare(
         anchors, anchor_labels, candidates, candidate_labels, class_weights, extra_positive, temperature,
         logit_shift, logit_form)
     n, d = a.shape
@@ -258,22 +311,23 @@ def backward(grad_loss, anchors, anchor_labels, candidates, candidate_labels, cl
     # Excluded anchors (count 0) get no gradient whatever flows into their (zero) loss.
     grad = grad_loss.to(torch.float32).masked_fill(count == 0, 0.0).contiguous()
     inv_count = count.clamp(min=1.0).reciprocal().contiguous()
-    meta = dict(HAS_W=class_weights is not None, LOGIT_FORM=bool(logit_form), LABEL_POS=bool(label_positives),
-                EXCL_SELF=bool(exclude_self), DOT_F32=dot_f32, BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M, BLOCK_D=block_d,
-                num_warps=NUM_WARPS)
+    flags = dict(HAS_W=class_weights is not None, LOGIT_FORM=bool(logit_form), LABEL_POS=bool(label_positives),
+                 EXCL_SELF=bool(exclude_self), DOT_F32=dot_f32)
     scalars = (n, m, d, num_classes, 1.0 / temperature, float(logit_shift))
     grad_a = grad_c = anchors.new_empty(0)
     if need_anchors:
         da = torch.zeros(n, d, device=a.device, dtype=torch.float32)
         if n and m:
-            _label_contrastive_bwd_anchor_kernel[(triton.cdiv(n, BLOCK_N),)](
-                a, c, ya, yc, table, lse, inv_count, grad, da, *scalars, **meta)
+            config = _launch_config("bwd_anchor", a)
+            _label_contrastive_bwd_anchor_kernel[(triton.cdiv(n, config["BLOCK_N"]),)](
+                a, c, ya, yc, table, lse, inv_count, grad, da, *scalars, **flags, **config)
         grad_a = da.to(anchors.dtype)
     if need_candidates:
         dc = torch.zeros(m, d, device=a.device, dtype=torch.float32)
         if n and m:
-            _label_contrastive_bwd_candidate_kernel[(triton.cdiv(m, BLOCK_M),)](
-                a, c, ya, yc, table, lse, inv_count, grad, dc, *scalars, **meta)
+            config = _launch_config("bwd_candidate", a)
+            _label_contrastive_bwd_candidate_kernel[(triton.cdiv(m, config["BLOCK_M"]),)](
+                a, c, ya, yc, table, lse, inv_count, grad, dc, *scalars, **flags, **config)
         grad_c = dc.to(candidates.dtype)
     grad_e = anchors.new_empty(0)
     if need_extra and extra_positive is not None:

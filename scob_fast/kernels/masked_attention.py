@@ -7,35 +7,54 @@ one kernel per block of kept keys accumulates dK, dV over all queries and scatte
 rows; one kernel per block of queries accumulates dQ over the kept keys. Dropout uses the same
 counter hash as the C++ kernels and the PyTorch reference.
 
+Block sizes, num_warps and num_stages come from `launch_config` per GPU target (compute capability)
+and dtype: scripts/aot_compile_check.py compiles every configuration it can return for sm_80, sm_86,
+sm_89 and sm_90 without a GPU and fails on a spill or on shared memory above the target's limit.
+
 Imported only when the triton backend runs. Verified on the CPU with TRITON_INTERPRET=1 (where `tl.dot`
 is given float32 operands: the interpreter mishandles bfloat16 dots); not yet timed on a GPU.
 """
 from __future__ import annotations
+
+import re
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
 from scob_fast import env
+from scob_fast.kernels import targets
 
 _MASK32 = 0xFFFFFFFF
 
 
 @triton.jit
 def _mix32(x):
-    # lowbias32 on uint32 values carried in int64 (wrapping products keep the low 32 bits exact).
+    # lowbias32 on uint32 values: the multiplies wrap mod 2^32 and the shifts are logical.
     x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = x * 0x7FEB352D
     x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    x = x * 0x846CA68B
     return x ^ (x >> 16)
 
 
 @triton.jit
+def _dropout_bits(bh, offs_m, kidx, L, seed):
+    # The reference's hash of counter = (bh * L + m) * L + k (an int64), built from the counter's
+    # 32-bit halves so that no 64-bit [BLOCK_M, BLOCK_N] tile is live (registers): the row part once
+    # per query, then the key added to the low half with its carry into the high half.
+    row = (bh.to(tl.int64) * L + offs_m.to(tl.int64)) * L
+    row_lo = row.to(tl.uint32)
+    row_hi = (row >> 32).to(tl.uint32)
+    lo = row_lo[:, None] + kidx.to(tl.uint32)[None, :]
+    hi = row_hi[:, None] + (lo < row_lo[:, None]).to(tl.uint32)
+    return _mix32(_mix32(hi + seed.to(tl.uint32)) ^ lo)
+
+
+@triton.jit
 def _dropout_keep(bh, offs_m, kidx, L, seed, threshold):
-    counter = (bh.to(tl.int64) * L + offs_m.to(tl.int64))[:, None] * L + kidx.to(tl.int64)[None, :]
-    bits = _mix32(_mix32(((counter >> 32) + seed) & 0xFFFFFFFF) ^ (counter & 0xFFFFFFFF))
-    return bits >= threshold
+    return _dropout_bits(bh, offs_m, kidx, L, seed) >= threshold.to(tl.uint32)
 
 
 @triton.jit
@@ -203,16 +222,96 @@ def _compact(key_keep: torch.Tensor):
     return order, counts
 
 
-def _config(q: torch.Tensor, dropout_p: float, seed: int):
-    B, H, L, D = q.shape
-    dot_f32 = env.triton_interpreting() or q.dtype == torch.float32
-    return dict(
-        BLOCK_M=64, BLOCK_N=64, BLOCK_D=max(16, triton.next_power_of_2(D)),
-        DROPOUT=dropout_p > 0.0, DOT_F32=dot_f32,
-        # float32 inputs keep full precision ("ieee"); TF32 would miss the 1e-5 contract.
-        PRECISION="ieee" if dot_f32 else "tf32",
-    ), (int(seed) & _MASK32, min(int(dropout_p * 4294967296.0), _MASK32),
-        1.0 / (1.0 - dropout_p) if dropout_p > 0.0 else 1.0)
+KERNELS = ("fwd", "bwd_dkdv", "bwd_dq")
+BLOCK_DS = (16, 32, 64, 128, 256)
+# Launch configurations per kernel, per 16-bit ("16", bfloat16 and float16 alike) or float32 ("32")
+# inputs, dropout off / on and target group, one per BLOCK_D of BLOCK_DS, written
+# "<BLOCK_M>x<BLOCK_N>w<num_warps>s<num_stages>". Each is the first of CANDIDATES (the most work per
+# program first), each with num_stages 3, 2, 1, that compiles for that target (maxnreg 255, see
+# targets.py) without a register spill and within its shared memory, for both 16-bit dtypes. Made by
+# `scripts/aot_compile_check.py --search --ops masked_attention --dtypes bfloat16,float16` and, for the
+# float32 rows, `--dtypes float32 --prune 128` (BLOCK_D 256 starts from the BLOCK_D 128 entry: a full
+# search there compiles dozens of spilling tiles at minutes each); the check compiles exactly what
+# they select, and bench/results/aot_compile.json has the registers and shared memory of each. float32
+# runs IEEE dots on the FMA units (no tensor cores): its operands and products take twice the
+# registers, hence its smaller tiles, down to 16 x 16 with 8 warps at BLOCK_D 256 (the 4-warp 16 x 16
+# tile spills there: ptxas uses all 255 registers, the 8-warp one about 95).
+CANDIDATES = ("64x64w4", "64x64w8", "64x32w4", "64x32w8", "32x64w4", "32x64w8", "32x32w4", "32x32w8",
+              "16x32w4", "16x32w8", "32x16w4", "32x16w8", "16x16w4", "16x16w8")
+_CONFIGS = {
+    # (kernel, inputs, dropout, targets):   BLOCK_D = 16, 32, 64, 128, 256
+    ("fwd", "16", False, (80, 90)): ("64x64w4s3", "64x64w4s3", "64x64w4s3", "64x64w4s3", "64x64w4s3"),
+    ("fwd", "16", False, (86, 89)): ("64x64w4s3", "64x64w4s3", "64x64w4s3", "64x64w4s3", "64x64w8s1"),
+    ("fwd", "16", True, (80,)): ("64x64w4s3", "64x64w4s3", "64x64w4s2", "64x64w4s3", "64x64w8s3"),
+    ("fwd", "16", True, (86, 89)): ("64x64w4s3", "64x64w4s3", "64x64w4s1", "64x64w4s3", "64x64w8s1"),
+    ("fwd", "16", True, (90,)): ("64x64w4s3", "64x64w4s3", "64x64w4s3", "64x64w4s3", "64x64w4s2"),
+    ("fwd", "32", False, (80,)): ("64x64w4s3", "64x64w4s3", "64x64w8s3", "64x32w8s3", "32x32w8s1"),
+    ("fwd", "32", False, (86, 89)): ("64x64w4s3", "64x64w4s1", "64x64w8s3", "64x32w8s3", "16x32w8s1"),
+    ("fwd", "32", False, (90,)): ("64x64w4s3", "64x64w4s3", "64x64w8s3", "64x32w8s3", "16x32w8s1"),
+    ("fwd", "32", True, (80,)): ("64x64w4s1", "64x64w4s3", "64x32w8s3", "64x32w8s3", "16x32w8s1"),
+    ("fwd", "32", True, (86, 89)): ("64x64w8s3", "64x64w4s1", "64x32w8s3", "64x32w8s3", "16x32w8s1"),
+    ("fwd", "32", True, (90,)): ("64x64w4s3", "64x64w4s1", "64x32w8s3", "64x32w8s3", "16x32w8s1"),
+    ("bwd_dkdv", "16", False, (80,)): ("64x64w4s3", "64x64w4s3", "64x64w4s3", "64x64w8s3", "64x64w8s2"),
+    ("bwd_dkdv", "16", False, (86, 89)): ("64x64w4s3", "64x64w4s3", "64x64w4s3", "64x64w8s2", "32x32w4s3"),
+    ("bwd_dkdv", "16", False, (90,)): ("64x64w4s3", "64x64w4s3", "64x64w4s3", "64x64w4s3", "32x64w8s3"),
+    ("bwd_dkdv", "16", True, (80,)): ("64x64w4s3", "64x64w4s3", "64x64w4s1", "64x64w8s3", "64x64w8s1"),
+    ("bwd_dkdv", "16", True, (86, 89)): ("64x64w4s3", "64x64w4s3", "64x32w4s3", "64x64w8s2", "32x32w4s3"),
+    ("bwd_dkdv", "16", True, (90,)): ("64x64w4s3", "64x64w4s3", "64x64w4s3", "64x32w4s3", "32x64w8s3"),
+    ("bwd_dkdv", "32", False, (80,)): ("64x64w4s2", "64x64w4s1", "32x64w8s1", "64x32w8s1", "16x32w8s1"),
+    ("bwd_dkdv", "32", False, (86, 89)): ("64x64w8s3", "64x64w4s1", "32x64w8s1", "16x32w8s1", "16x16w8s1"),
+    ("bwd_dkdv", "32", False, (90,)): ("64x64w4s2", "64x64w4s1", "32x64w8s1", "16x32w8s1", "16x16w8s1"),
+    ("bwd_dkdv", "32", True, (80,)): ("64x64w4s1", "64x64w8s1", "32x64w8s3", "64x32w8s2", "32x32w8s1"),
+    ("bwd_dkdv", "32", True, (86, 89)): ("64x64w8s2", "64x32w8s3", "32x32w4s1", "32x32w8s1", "16x16w8s2"),
+    ("bwd_dkdv", "32", True, (90,)): ("64x64w4s1", "64x64w8s1", "32x32w4s1", "32x32w8s1", "16x16w8s1"),
+    ("bwd_dq", "16", False, (80,)): ("64x64w4s3", "64x64w4s3", "64x64w4s1", "64x64w4s3", "64x64w8s3"),
+    ("bwd_dq", "16", False, (86, 89)): ("64x64w4s3", "64x64w4s3", "64x64w4s2", "64x64w4s3", "64x32w4s1"),
+    ("bwd_dq", "16", False, (90,)): ("64x64w4s3", "64x64w4s3", "64x64w4s3", "64x64w4s3", "64x64w8s3"),
+    ("bwd_dq", "16", True, (80,)): ("64x64w4s3", "64x64w4s3", "64x64w8s3", "64x64w8s3", "64x64w8s2"),
+    ("bwd_dq", "16", True, (86, 89)): ("64x64w4s3", "64x64w4s3", "64x64w8s3", "64x64w4s3", "64x32w8s1"),
+    ("bwd_dq", "16", True, (90,)): ("64x64w4s3", "64x64w4s3", "64x64w4s3", "64x64w8s3", "64x32w8s3"),
+    ("bwd_dq", "32", False, (80,)): ("64x64w4s3", "64x64w4s1", "64x32w8s3", "64x32w8s3", "32x32w8s1"),
+    ("bwd_dq", "32", False, (86, 89)): ("64x64w4s3", "64x64w4s1", "64x32w8s3", "64x32w8s1", "32x16w4s3"),
+    ("bwd_dq", "32", False, (90,)): ("64x64w4s3", "64x64w4s1", "64x32w8s1", "32x64w8s1", "16x16w8s3"),
+    ("bwd_dq", "32", True, (80,)): ("64x64w4s1", "64x64w8s3", "64x32w8s3", "64x32w8s3", "32x32w8s1"),
+    ("bwd_dq", "32", True, (86, 89)): ("64x64w4s1", "64x64w8s3", "64x32w8s3", "32x64w8s1", "32x16w4s3"),
+    ("bwd_dq", "32", True, (90,)): ("64x64w4s1", "64x64w8s1", "64x32w8s1", "32x64w8s1", "16x16w8s3"),
+}
+_CONFIG_PATTERN = re.compile(r"(\d+)x(\d+)w(\d+)s(\d+)")
+
+
+def parse_entry(entry: str) -> dict:
+    """BLOCK_M, BLOCK_N, num_warps and num_stages of a table entry "<BLOCK_M>x<BLOCK_N>w<warps>s<stages>"."""
+    bm, bn, warps, stages = map(int, _CONFIG_PATTERN.fullmatch(entry).groups())
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+
+
+def launch_config(kernel: str, dtype: torch.dtype, head_dim: int, dropout: bool, target: Optional[int]) -> dict:
+    """BLOCK_M, BLOCK_N, BLOCK_D, num_warps and num_stages of `kernel` (one of KERNELS) for inputs of
+    `dtype` and head dim `head_dim` on `target` (a compute capability of targets.TARGETS; None: the
+    CPU interpreter, whose one configuration the interpreter tests were written against)."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    if target is None:
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=4, num_stages=3)
+    inputs = "32" if dtype == torch.float32 else "16"
+    row = next(configs for (name, kind, drop, group), configs in _CONFIGS.items()
+               if name == kernel and kind == inputs and drop == bool(dropout) and target in group)
+    return dict(parse_entry(row[BLOCK_DS.index(block_d)]), BLOCK_D=block_d, maxnreg=targets.REGISTERS_PER_THREAD)
+
+
+def _meta(kernel: str, q: torch.Tensor, dropout_p: float) -> dict:
+    """Everything `kernel` is launched with besides its tensors and scalars."""
+    interpreting = env.triton_interpreting()
+    target = None if interpreting else targets.config_target(targets.arch_of(q.device))
+    # The interpreter's tl.dot mishandles bfloat16: it gets float32 operands. On a GPU, float32 inputs
+    # keep full precision ("ieee"; TF32 would miss the 1e-5 contract), 16-bit ones use the tensor cores.
+    dot_f32 = interpreting or q.dtype == torch.float32
+    return dict(launch_config(kernel, q.dtype, q.shape[-1], dropout_p > 0.0, target),
+                DROPOUT=dropout_p > 0.0, DOT_F32=dot_f32, PRECISION="ieee" if dot_f32 else "tf32")
+
+
+def _dropout_scalars(dropout_p: float, seed: int):
+    return (int(seed) & _MASK32, min(int(dropout_p * 4294967296.0), _MASK32),
+            1.0 / (1.0 - dropout_p) if dropout_p > 0.0 else 1.0)
 
 
 def _strides(q, k, v):
@@ -228,10 +327,10 @@ def forward(q, k, v, key_keep, scale: float, dropout_p: float, seed: int):
         lse.zero_()
         return out, lse
     index, counts = _compact(key_keep)
-    meta, (seed, threshold, keep_scale) = _config(q, dropout_p, seed)
+    meta = _meta("fwd", q, dropout_p)
     grid = (triton.cdiv(L, meta["BLOCK_M"]), B * H)
     _masked_attention_fwd_kernel[grid](q, k, v, index, counts, out, lse, *_strides(q, k, v),
-                                       H, L, D, scale, seed, threshold, keep_scale, **meta)
+                                       H, L, D, scale, *_dropout_scalars(dropout_p, seed), **meta)
     return out, lse
 
 
@@ -246,11 +345,12 @@ def backward(grad_out, q, k, v, key_keep, out, lse, scale: float, dropout_p: flo
     # Softmax backward's row term: sum_j P_ij dP_ij = rowsum(dO * O) (also with dropout).
     delta = (grad_out.float() * out.float()).sum(-1).contiguous()
     index, counts = _compact(key_keep)
-    meta, (seed, threshold, keep_scale) = _config(q, dropout_p, seed)
-    args = (H, L, D, scale, seed, threshold, keep_scale)
+    args = (H, L, D, scale, *_dropout_scalars(dropout_p, seed))
+    meta = _meta("bwd_dkdv", q, dropout_p)
     grid_kv = (triton.cdiv(L, meta["BLOCK_N"]), B * H)
     _masked_attention_bwd_dkdv_kernel[grid_kv](q, k, v, grad_out, lse, delta, index, counts, dk, dv,
                                                *_strides(q, k, v), *args, **meta)
+    meta = _meta("bwd_dq", q, dropout_p)
     grid_q = (triton.cdiv(L, meta["BLOCK_M"]), B * H)
     _masked_attention_bwd_dq_kernel[grid_q](q, k, v, grad_out, lse, delta, index, counts, dq,
                                             *_strides(q, k, v), *args, **meta)
