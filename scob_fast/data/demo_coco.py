@@ -39,14 +39,13 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from functools import lru_cache
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from .generated import generate_once
 
 GENERATOR_VERSION = 1
 DEMO_COCO_DEFAULTS = {
@@ -474,35 +473,7 @@ def ensure_demo_coco_dataset(base=None, processes: int | None = None, **params) 
     not depend on it. Parameters: see DEMO_COCO_DEFAULTS."""
     params = _check_params(params)
     target = demo_coco_directory(base, **params)
-    marker = target / ".complete"
-    if marker.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():  # half-written by an interrupted older run: ours to delete
-        shutil.rmtree(target, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        total = params["train_images"] + params["val_images"]
-        if processes is None:
-            processes = min(os.cpu_count() or 1, 4) if total >= 400 else 1
-        pool = get_context("fork").Pool(processes) if processes > 1 else None
-        try:
-            _write_split(tmp, "train", 0, params["train_images"], 1, params, pool)
-            _write_split(tmp, "val", 1, params["val_images"], 1 + params["train_images"], params, pool)
-        finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
-        (tmp / ".complete").write_text(json.dumps({"version": GENERATOR_VERSION, **params}, sort_keys=True))
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not marker.is_file():  # not a concurrent generator winning the race
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return generate_once(target, GENERATOR_VERSION, params, _write_split, processes)
 
 
 DEMO_COCO_LAYOUT = ("<root>/demo-coco-v<version>-<key>/ (root default: <cache dir>/demo_coco), generated on "
