@@ -22,6 +22,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_data_resume import _TinyBackbone  # noqa: E402  (two feature levels for FeatureCache.build)
 from test_resume import _assert_same_run, _position  # noqa: E402  (the kill -9 helpers of the 1-process test)
 
 from scob_fast.data import CachedFeatureLoader, FeatureCache, build_dataset, build_loader, dali_available  # noqa: E402
@@ -146,16 +147,6 @@ def folder(tmp_path_factory):
     cache = FeatureCache.build(tmp_path_factory.mktemp("cache") / "train", _TinyBackbone(), source, len(dataset),
                                flips=True, key={"test": 1})
     return dataset, cache
-
-
-class _TinyBackbone(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2)
-
-    def forward(self, x):
-        low = self.conv(x)
-        return low, low.mean((2, 3), keepdim=True)
 
 
 def _loader(kind, folder, train: bool, shard=(0, 1), batch=4):
