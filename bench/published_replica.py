@@ -6,8 +6,8 @@ What the public iteration does that scob_fast's reference engine does not, each 
 - backbone BatchNorm on batch statistics after the CAM pass: main.py calls `self.model.train()`
   after its GradCamWrapper block, so the momentum pass and the hard-view pass (and the next
   iteration's supervised pass) run BN in train mode: `--published-bn`, with the backbone unfolded;
-- the hard view is built inside the step (`hard_augment.forward_batch(image)`, data/aug.py), from
-  the clean image tensor;
+- the hard view is built inside the step (`hard_augment.forward_batch(image)`, main.py:337, with
+  `hard_augment` a data/aug.py Preprocess made at main.py:128), from the clean image tensor;
 - that tensor had `images.requires_grad_(True)` set for Grad-CAM++ (main.py, inside the
   GradCamWrapper block), so the hard view, and through it the contrastive loss's backward, runs
   through the frozen backbone down to the pixels;
