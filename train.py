@@ -28,13 +28,13 @@ def main() -> int:
         result = run(config)
     except TrainingInterrupted as exc:
         if not rank:
-            print(f"train.py: {exc}", file=sys.stderr)
+            sys.stderr.write(f"train.py: {exc}\n")     # one write: under torchrun the ranks share stderr
         return 1
     except Exception as exc:  # one line for the user; --debug shows the traceback
         if config.run.debug:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"train.py: error{who}: {message}", file=sys.stderr)
+        sys.stderr.write(f"train.py: error{who}: {message}\n")
         return 1
     if "check_data" in result:
         return 1 if result["check_data"]["bad_images"] else 0

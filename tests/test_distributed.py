@@ -117,7 +117,10 @@ def env(tmp_path_factory):
 
 
 def _run(env, command, log: Path, timeout=600) -> subprocess.CompletedProcess:
-    with open(log, "w") as handle:
+    # Append mode (O_APPEND): the ranks share this file, and with a shared offset one rank's write could
+    # land over the other's newline.
+    log.write_text("")
+    with open(log, "a") as handle:
         done = subprocess.run(command, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout)
     return subprocess.CompletedProcess(command, done.returncode, log.read_text())
 
