@@ -41,8 +41,48 @@ def median_time_s(fn: Callable[[], object], repeats: int = 7, warmup: int = 2, m
     return statistics.median(samples)
 
 
-def peak_memory_bytes(fn: Callable[[], object]) -> int:
-    """Peak of live bytes allocated through torch's CPU allocator while `fn` runs (baseline 0)."""
+def add_device_arguments(parser) -> None:
+    """--device and --out-dir, shared by the benchmark scripts (scripts/gpu_check.sh passes both)."""
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the tensors live and the backends run (default cpu)")
+    parser.add_argument("--out-dir", default=None,
+                        help="write the results JSON into this folder instead of bench/results/")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The benchmark's device; --device cuda without a visible GPU ends the run with one line, exit 2."""
+    if name == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device visible to torch", file=sys.stderr)
+        raise SystemExit(2)
+    return torch.device(name)
+
+
+def synchronized(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """`fn` followed by a device synchronisation, so that wall-clock timing covers the kernels."""
+    if device.type != "cuda":
+        return fn
+
+    def call():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+    return call
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device | None = None) -> int:
+    """Peak of live bytes allocated through torch's allocator while `fn` runs (baseline 0): on CUDA
+    the caching allocator's high-water mark above what was allocated before the call."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -156,9 +196,10 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
-def write_results(name: str, rows: list[dict], extra: dict | None = None) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def write_results(name: str, rows: list[dict], extra: dict | None = None, out_dir: str | Path | None = None) -> Path:
+    folder = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     payload = {"benchmark": name, "environment": environment(), **(extra or {}), "results": rows}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2))

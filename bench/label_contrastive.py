@@ -13,7 +13,10 @@ allocations seen by the profiler during one call) and its speedup / memory ratio
 reference. Backends: auto (the op as a caller runs it, no backend forced; column `ran` says what
 its dispatch chose: dense for moderate N x M with a backward, cpp otherwise), cpp (what auto ran
 before the dense rule), dense, reference (the peer). Backends take turns call by call.
-Results go to bench/results/label_contrastive.json (or --output NAME).
+Results go to bench/results/label_contrastive.json (or --output NAME; --out-dir DIR puts it in DIR).
+--device cuda (scripts/gpu_check.sh) runs the same inputs on the GPU (default backends auto, triton,
+cuda, reference; one that cannot run there is listed under "skipped"), synchronising around every
+timed call.
 """
 from __future__ import annotations
 
@@ -28,25 +31,28 @@ import torch.nn.functional as F
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import merge_runs, median_time_s, peak_memory_bytes, print_table, write_results  # noqa: E402
+from bench._common import (add_device_arguments, device_name, merge_runs, median_time_s, peak_memory_bytes,  # noqa: E402
+                           print_table, resolve_device, synchronized, write_results)
 from bench.shapes import CONTRASTIVE_BACKENDS, CONTRASTIVE_CLASSES, contrastive_shapes  # noqa: E402
 from scob_fast.ops import last_backend  # noqa: E402
 from scob_fast.ops.label_contrastive import label_contrastive_loss  # noqa: E402
 
 COLUMNS = ["n", "m", "d", "c", "pass", "backend", "ran", "median_ms", "peak_mem_mb", "speedup", "mem_ratio"]
 BACKENDS = ("auto", "cpp", "dense", "reference", "triton", "cuda")
+GPU_BACKENDS = ("auto", "triton", "cuda", "reference")
 
 
-def make_inputs(n: int, m: int, d: int, c: int, seed: int = 0) -> dict:
+def make_inputs(n: int, m: int, d: int, c: int, seed: int = 0, device=torch.device("cpu")) -> dict:
+    """Drawn on the CPU and moved, so every device times the same numbers."""
     g = torch.Generator().manual_seed(seed)
-    return {
+    return {name: t.to(device) for name, t in {
         "anchors": F.normalize(torch.randn(n, d, generator=g), dim=1),
         "anchor_labels": torch.randint(0, c, (n,), generator=g),
         "candidates": F.normalize(torch.randn(m, d, generator=g), dim=1),
         "candidate_labels": torch.randint(0, c, (m,), generator=g),
         "class_weights": torch.rand(c, c, generator=g),
         "extra_positive": torch.rand(n, generator=g) * 2 - 1,
-    }
+    }.items()}
 
 
 def step(inputs: dict, backend: str, backward: bool, temperature: float) -> str:
@@ -64,11 +70,30 @@ def step(inputs: dict, backend: str, backward: bool, temperature: float) -> str:
     return ran
 
 
-def run_grid(shapes, backends, args) -> list[dict]:
+def available(inputs: dict, backends: list[str], args) -> tuple[list[str], dict]:
+    """The backends whose call runs here, and {backend: reason} for the others (a CUDA extension
+    that is not built, a backend for another device): reported, not fatal."""
+    ok, skipped = [], {}
+    for backend in backends:
+        try:
+            step(inputs, backend, True, args.temperature)
+        except (RuntimeError, ValueError, NotImplementedError, ImportError) as error:
+            skipped[backend] = str(error).splitlines()[0][:200]
+            print(f"skipped {backend}: {skipped[backend]}", file=sys.stderr)
+        else:
+            ok.append(backend)
+    return ok, skipped
+
+
+def run_grid(shapes, backends, args, device=torch.device("cpu"), skipped=None) -> list[dict]:
     """One whole run over the shapes: rows of (shape, pass, backend)."""
     rows = []
     for n, d in shapes:
-        inputs = make_inputs(n, n, d, args.classes)
+        inputs = make_inputs(n, n, d, args.classes, device=device)
+        if device.type == "cuda":
+            backends, missing = available(inputs, backends, args)
+            if skipped is not None:
+                skipped.update(missing)
         repeats = args.repeats or (2 if n >= 16384 else 5)
         warmup = 0 if n >= 16384 else 1
         for backward in (False, True):
@@ -81,14 +106,14 @@ def run_grid(shapes, backends, args) -> list[dict]:
             for _ in range(repeats):
                 for backend in backends:
                     holder = {}
-                    samples[backend].append(median_time_s(
-                        lambda: holder.update(ran=step(inputs, backend, backward, args.temperature)),
+                    samples[backend].append(median_time_s(synchronized(
+                        lambda: holder.update(ran=step(inputs, backend, backward, args.temperature)), device),
                         repeats=1, warmup=0))
                     ran[backend] = holder["ran"]
             measured = {}
             for backend in backends:
                 seconds = statistics.median(samples[backend])
-                peak = peak_memory_bytes(lambda: step(inputs, backend, backward, args.temperature))
+                peak = peak_memory_bytes(lambda: step(inputs, backend, backward, args.temperature), device)
                 measured[backend] = (seconds, peak)
                 print(f"n={n} d={d} {'fwd+bwd' if backward else 'fwd'} {backend} ({ran[backend]}): "
                       f"{seconds * 1e3:.1f} ms, {peak / 2**20:.1f} MiB", flush=True)
@@ -107,8 +132,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="N = M values (default: bench/shapes.py)")
     parser.add_argument("--dims", type=int, nargs="+", default=None, help="D values (default: bench/shapes.py)")
     parser.add_argument("--classes", type=int, default=CONTRASTIVE_CLASSES)
-    parser.add_argument("--backends", default=",".join(CONTRASTIVE_BACKENDS),
-                        help="comma-separated from " + ",".join(BACKENDS) + "; 'reference' is the baseline")
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated from " + ",".join(BACKENDS) + "; 'reference' is the baseline "
+                             "(default " + ",".join(CONTRASTIVE_BACKENDS) + "; --device cuda: "
+                             + ",".join(GPU_BACKENDS) + ")")
     parser.add_argument("--temperature", type=float, default=0.2)
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls per measurement (default 5, or 2 at N >= 16384)")
@@ -116,8 +143,10 @@ def main() -> None:
                         help="whole runs; each row then holds the median over runs of its time and ratios")
     parser.add_argument("--output", default=None,
                         help="results name under bench/results/ (default: label_contrastive[_quick])")
+    add_device_arguments(parser)
     args = parser.parse_args()
-    backends = args.backends.split(",")
+    device = resolve_device(args.device)
+    backends = (args.backends or ",".join(GPU_BACKENDS if device.type == "cuda" else CONTRASTIVE_BACKENDS)).split(",")
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         parser.error(f"--backends: unknown {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
@@ -133,12 +162,14 @@ def main() -> None:
 
     if args.runs < 1:
         parser.error(f"--runs must be >= 1, got {args.runs}")
-    runs = [run_grid(shapes, backends, args) for _ in range(args.runs)]
+    skipped = {}
+    runs = [run_grid(shapes, backends, args, device, skipped) for _ in range(args.runs)]
     rows = merge_runs(runs, ("n", "d", "pass", "backend"), ("median_ms", "peak_mem_mb", "speedup", "mem_ratio"))
     print_table(rows, COLUMNS)
     extra = {"config": "candidates + labels (C classes), C x C exp-form weights, extra positive logit, "
                        "gradients to anchors and candidates",
-             "temperature": args.temperature, "quick": args.quick, "runs": args.runs, "command": " ".join(sys.argv)}
+             "temperature": args.temperature, "quick": args.quick, "runs": args.runs,
+             "device": device_name(device), "skipped": skipped, "command": " ".join(sys.argv)}
     goal = [r for r in rows if r["n"] == 16384 and r["d"] == 256 and r["pass"] == "forward+backward"
             and r["backend"] == "cpp"]
     if goal:
@@ -148,7 +179,7 @@ def main() -> None:
         print(f"goal (N=16384, D=256, fwd+bwd: >= 1.5x faster, <= 10% memory): "
               f"{goal[0]['speedup']:.2f}x, {goal[0]['mem_ratio'] * 100:.1f}% -> {'met' if met else 'NOT met'}")
     name = args.output or ("label_contrastive_quick" if args.quick else "label_contrastive")
-    write_results(name, rows, extra)
+    write_results(name, rows, extra, out_dir=args.out_dir)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ them alike), for at least --repeats rounds and more while a shape's rounds stay 
 Rows: pass ("fwd" without autograd, "fwd+bwd" with the three input gradients), median_ms,
 peak_mem_mb (peak of torch-allocated bytes during the call, inputs excluded), speedup (reference
 time / this time, when the reference ran) and vs_sdpa (sdpa_mask time / this time).
-Writes bench/results/masked_attention.json (or --output NAME).
+Writes bench/results/masked_attention.json (or --output NAME; --out-dir DIR puts it in DIR).
+--device cuda (scripts/gpu_check.sh) runs the same cases on the GPU with the op's triton and cuda
+backends in place of cpp (a backend that cannot run there is listed under "skipped" in the JSON),
+synchronising around every timed call; peak memory is then the caching allocator's high-water mark.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import merge_runs, median_time_s, peak_memory_bytes, print_table, write_results  # noqa: E402
+from bench._common import (add_device_arguments, device_name, merge_runs, median_time_s, peak_memory_bytes,  # noqa: E402
+                           print_table, resolve_device, synchronized, write_results)
 from bench.shapes import (ATTENTION_HEAD_DIM, ATTENTION_HEADS, ATTENTION_METHODS_FULL,  # noqa: E402
                           ATTENTION_METHODS_QUICK, attention_shapes)
 from scob_fast.ops import last_backend  # noqa: E402
@@ -54,13 +58,15 @@ def gather_sdpa(q, k, v, keep):
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :n]
     index = order[:, None, :, None].expand(B, H, n, D)
     kc, vc = k.gather(2, index), v.gather(2, index)
-    valid = torch.arange(n)[None, :] < counts[:, None]
+    valid = torch.arange(n, device=keep.device)[None, :] < counts[:, None]
     return F.scaled_dot_product_attention(q, kc, vc, attn_mask=valid[:, None, None, :])
 
 
 METHODS = {
     "auto": lambda q, k, v, keep: masked_attention(q, k, v, keep),
     "cpp": lambda q, k, v, keep: masked_attention(q, k, v, keep, backend="cpp"),
+    "triton": lambda q, k, v, keep: masked_attention(q, k, v, keep, backend="triton"),
+    "cuda": lambda q, k, v, keep: masked_attention(q, k, v, keep, backend="cuda"),
     "reference": masked_attention_reference,
     "sdpa_mask": sdpa_mask,
     "gather_sdpa": gather_sdpa,
@@ -78,9 +84,16 @@ def make_inputs(B, H, L, D, keep_fraction, seed=0):
     return q, k, v, keep, torch.randn(B, H, L, D, generator=g)
 
 
-def make_calls(B, L, keep_fraction, methods) -> tuple[dict, torch.Tensor]:
-    """{method: {pass: zero-argument call}} on one set of inputs (also what bench/test_kernels.py times)."""
-    q, k, v, keep, grad = make_inputs(B, ATTENTION_HEADS, L, ATTENTION_HEAD_DIM, keep_fraction)
+# --device cuda: the GPU backends of the op take the place of the CPU kernel
+GPU_METHODS_FULL = ("auto", "triton", "cuda", "reference", "sdpa_mask", "gather_sdpa")
+GPU_METHODS_QUICK = ("auto", "triton", "cuda", "sdpa_mask")
+
+
+def make_calls(B, L, keep_fraction, methods, device=torch.device("cpu")) -> tuple[dict, torch.Tensor]:
+    """{method: {pass: zero-argument call}} on one set of inputs (also what bench/test_kernels.py times);
+    the inputs are drawn on the CPU and moved, so every device times the same numbers."""
+    q, k, v, keep, grad = (t.to(device) for t in make_inputs(B, ATTENTION_HEADS, L, ATTENTION_HEAD_DIM,
+                                                             keep_fraction))
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
     calls = {}
     for name in methods:
@@ -93,12 +106,32 @@ def make_calls(B, L, keep_fraction, methods) -> tuple[dict, torch.Tensor]:
         def forward_backward(fn=fn):
             torch.autograd.grad(fn(qg, kg, vg, keep), (qg, kg, vg), grad)
 
-        calls[name] = {"fwd": forward, "fwd+bwd": forward_backward}
+        calls[name] = {"fwd": synchronized(forward, device), "fwd+bwd": synchronized(forward_backward, device)}
     return calls, keep
 
 
-def bench_config(B, L, keep_fraction, repeats, methods):
-    calls, keep = make_calls(B, L, keep_fraction, methods)
+def available(calls: dict, methods: list[str]) -> tuple[list[str], dict]:
+    """The methods whose first call runs here, and {method: reason} for the others (e.g. the CUDA
+    extension not built): a missing backend is reported, not fatal."""
+    ok, skipped = [], {}
+    for name in methods:
+        try:
+            for call in calls[name].values():
+                call()
+        except (RuntimeError, ValueError, NotImplementedError, ImportError) as error:
+            skipped[name] = str(error).splitlines()[0][:200]
+            print(f"skipped {name}: {skipped[name]}", file=sys.stderr)
+        else:
+            ok.append(name)
+    return ok, skipped
+
+
+def bench_config(B, L, keep_fraction, repeats, methods, device=torch.device("cpu"), skipped=None):
+    calls, keep = make_calls(B, L, keep_fraction, methods, device)
+    if device.type == "cuda":
+        methods, missing = available(calls, methods)
+        if skipped is not None:
+            skipped.update(missing)
     rows = []
     for pass_name in PASSES:
         # Methods take turns call by call, so a burst of load from other processes on this shared
@@ -114,10 +147,10 @@ def bench_config(B, L, keep_fraction, repeats, methods):
         while rounds < repeats or (time.perf_counter() - start < ROUND_BUDGET_S and rounds < 8 * repeats):
             for name in methods:
                 samples[name].append(median_time_s(calls[name][pass_name], repeats=1, warmup=0))
-                ran[name] = last_backend("masked_attention") if name in ("auto", "cpp") else None
+                ran[name] = last_backend("masked_attention") if name in ("auto", "cpp", "triton", "cuda") else None
             rounds += 1
         for name in methods:
-            peak = peak_memory_bytes(calls[name][pass_name])
+            peak = peak_memory_bytes(calls[name][pass_name], device)
             rows.append(dict(B=B, H=ATTENTION_HEADS, L=L, D=ATTENTION_HEAD_DIM, keep=keep_fraction,
                              kept_max=int(keep.sum(1).max()), pass_=pass_name, backend=name, ran=ran[name],
                              median_ms=statistics.median(samples[name]) * 1e3, peak_mem_mb=peak / 2 ** 20))
@@ -143,9 +176,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1,
                         help="whole runs; each row then holds the median over runs of its time and ratios")
     parser.add_argument("--no-write", action="store_true", help="print only (for tuning runs)")
+    parser.add_argument("--case", nargs=3, metavar=("B", "L", "KEEP"), default=None,
+                        help="one case instead of the grid (e.g. a smoke run: --case 2 16 0.5)")
+    add_device_arguments(parser)
     args = parser.parse_args()
-    methods = (args.methods.split(",") if args.methods
-               else list(ATTENTION_METHODS_QUICK if args.quick else ATTENTION_METHODS_FULL))
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        defaults = GPU_METHODS_QUICK if args.quick else GPU_METHODS_FULL
+    else:
+        defaults = ATTENTION_METHODS_QUICK if args.quick else ATTENTION_METHODS_FULL
+    methods = args.methods.split(",") if args.methods else list(defaults)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -154,11 +194,13 @@ def main() -> None:
     if args.runs < 1:
         parser.error(f"--runs must be >= 1, got {args.runs}")
     repeats = args.repeats or (3 if args.quick else 5)
-    runs = []
+    runs, skipped = [], {}
     for run in range(args.runs):
         rows = []
-        for B, L, keep_fraction in attention_shapes(args.quick):
-            new = bench_config(B, L, keep_fraction, repeats, methods)
+        cases = ([(int(args.case[0]), int(args.case[1]), float(args.case[2]))] if args.case
+                 else attention_shapes(args.quick))
+        for B, L, keep_fraction in cases:
+            new = bench_config(B, L, keep_fraction, repeats, methods, device, skipped)
             print_table(new, COLUMNS)
             rows += new
         for row in rows:
@@ -171,7 +213,8 @@ def main() -> None:
         name = args.output or ("masked_attention_quick" if args.quick else "masked_attention")
         write_results(name, rows, extra={"dtype": "float32", "H": ATTENTION_HEADS, "D": ATTENTION_HEAD_DIM,
                                          "quick": args.quick, "repeats": repeats, "runs": args.runs,
-                                         "command": " ".join(sys.argv)})
+                                         "device": device_name(device), "skipped": skipped,
+                                         "command": " ".join(sys.argv)}, out_dir=args.out_dir)
 
 
 if __name__ == "__main__":

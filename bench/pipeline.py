@@ -7,6 +7,10 @@ median epoch. peak_mem_mb: peak resident memory of the loader's processes (main 
 workers) above the level before the first timed epoch, sampled every 20 ms.
 
     .venv/bin/python bench/pipeline.py [--images 192] [--epochs 3] [--workers 1 2]
+
+--device cuda (scripts/gpu_check.sh) gives DALI the GPU: "mixed" decode (nvJPEG), resize and colour
+operators on the GPU, CUDA tensors out; the PIL peer is the same CPU DataLoader. --out-dir DIR
+writes the JSON into DIR instead of bench/results/.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import print_table, write_results  # noqa: E402
+from bench._common import add_device_arguments, device_name, print_table, resolve_device, write_results  # noqa: E402
 from scob_fast.data import MultiLabelDataset, build_loader, observe_labels  # noqa: E402
 from scob_fast.models.backbone import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
@@ -83,7 +87,15 @@ class PeakRss:
         self._thread.join()
 
 
-def time_loader(loader, epochs: int) -> tuple[list[float], int, float]:
+def _epoch_images(loader, device) -> int:
+    images = sum(batch["index"].numel() for batch in loader)
+    if device is not None and device.type == "cuda":
+        import torch
+        torch.cuda.synchronize(device)
+    return images
+
+
+def time_loader(loader, epochs: int, device=None) -> tuple[list[float], int, float]:
     loader.set_epoch(0)
     for _ in loader:  # warm-up: worker start, pipeline build, page cache
         pass
@@ -92,7 +104,7 @@ def time_loader(loader, epochs: int) -> tuple[list[float], int, float]:
         for epoch in range(1, epochs + 1):
             loader.set_epoch(epoch)
             start = time.perf_counter()
-            images = sum(batch["index"].numel() for batch in loader)
+            images = _epoch_images(loader, device)
             times.append(time.perf_counter() - start)
     return times, images, max(0, rss.peak - rss.base)
 
@@ -171,7 +183,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--image-dir", default=None, help="where the generated JPEGs are kept (default: cache)")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the single-thread stage timings")
+    add_device_arguments(parser)
     args = parser.parse_args()
+    device = resolve_device(args.device)
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        print("bench/pipeline.py: nvidia-dali is not installed (pip install nvidia-dali-cuda120)", file=sys.stderr)
+        raise SystemExit(2)
 
     from scob_fast.env import cache_dir
     image_dir = Path(args.image_dir) if args.image_dir else cache_dir() / "bench_pipeline_640x480"
@@ -188,11 +207,13 @@ def main() -> None:
         for backend in ("pil", "dali"):
             loader = build_loader(dataset, observed, batch_size=args.batch_size, image_size=args.image_size,
                                   mean=IMAGENET_MEAN, std=IMAGENET_STD, train=True, hard_view=True,
-                                  loader=backend, workers=workers, seed=0, device="cpu" if backend == "dali" else None)
-            times, images, peak = time_loader(loader, args.epochs)
+                                  loader=backend, workers=workers, seed=0,
+                                  device=args.device if backend == "dali" else None)
+            times, images, peak = time_loader(loader, args.epochs, device if backend == "dali" else None)
             epoch_s = statistics.median(times)
             measured[backend] = images / epoch_s
             rows.append({"images": images, "src": "640x480 jpeg", "image_size": args.image_size,
+                         "device": device_name(device) if backend == "dali" else "cpu",
                          "batch_size": args.batch_size, "workers": workers, "backend": backend,
                          "median_ms": 1000.0 * epoch_s / len(loader), "images_per_s": images / epoch_s,
                          "peak_mem_mb": peak / 2 ** 20})
@@ -202,13 +223,14 @@ def main() -> None:
     print_table(rows, ["workers", "backend", "images", "image_size", "batch_size", "median_ms",
                        "images_per_s", "peak_mem_mb", "speedup"])
     extra = {"note": "median_ms is per batch; speedup = images/s vs the PIL DataLoader with the same "
-                     "worker count, same run", "load_average_after": os.getloadavg()}
+                     "worker count, same run", "load_average_after": os.getloadavg(),
+             "device": device_name(device), "dali_decode": "mixed" if device.type == "cuda" else "cpu"}
     if not args.no_breakdown:
         breakdown = stage_breakdown(paths, args.image_size)
         print("\nsingle-thread cost per image and stage (ms):")
         print_table(breakdown, ["stage", "pil_ms_per_image", "dali_ms_per_image"])
         extra["stage_breakdown"] = breakdown
-    write_results("pipeline", rows, extra=extra)
+    write_results("pipeline", rows, extra=extra, out_dir=args.out_dir)
 
 
 if __name__ == "__main__":

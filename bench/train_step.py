@@ -36,6 +36,10 @@ each of `--sizes` in float32 and with --amp: ResNet-50 with random weights, the 
     python bench/train_step.py --vs-published --sizes 256,448 --steps 2 --warmup 1
 
 Writes bench/results/train_step_vs_published.json (or --results NAME).
+
+`--device cuda` runs the default mode on the GPU (backbone, heads, estimator and batches there,
+--amp as float16 autocast with a gradient scaler, a synchronisation before each clock read);
+`--out-dir DIR` writes the JSON into DIR instead of bench/results/.
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import print_table, write_results  # noqa: E402
+from bench._common import add_device_arguments, device_name, print_table, resolve_device, write_results  # noqa: E402
 from scob_fast.engine.amp import AmpPolicy  # noqa: E402
 from scob_fast.methods.base import HeadOptions, LearningRates, MethodContext  # noqa: E402
 from scob_fast.methods.scob import Scob, ScobConfig  # noqa: E402
@@ -118,18 +122,27 @@ def backbone_training(args) -> None:
             row.pop("peak_rss_gib")   # one process for every mode: not a per-mode figure
     columns = ["train_backbone", "bn_mode", "trainable_backbone_params", "images_per_s", "ms_per_step", "vs_frozen"]
     print_table(rows, columns + (["peak_rss_gib"] if args.peak_rss else []))
-    write_results(args.results or "train_step_backbone", rows, {"command": " ".join(sys.argv)})
+    write_results(args.results or "train_step_backbone", rows, {"command": " ".join(sys.argv), "device": "cpu"},
+                  out_dir=args.out_dir)
 
 
-def make_method(engine, backbone, observed, args, amp, config=None, method_class=Scob):
+def make_method(engine, backbone, observed, args, amp, config=None, method_class=Scob, device=torch.device("cpu")):
     # The published defaults (ScobConfig's, LearningRates') with the benchmark's head width.
     ctx = MethodContext(backbone=backbone, num_classes=args.classes, num_samples=args.samples, observed=observed,
-                        config=config or ScobConfig(engine=engine), device=torch.device("cpu"),
-                        amp=AmpPolicy("cpu", amp), image_size=args.image_size,
+                        config=config or ScobConfig(engine=engine), device=device,
+                        amp=AmpPolicy(device, amp), image_size=args.image_size,
                         heads=HeadOptions(dim=args.dim, ffn=args.ffn, dropout=0.1),
                         lr=LearningRates(), expected_positives=2.5, seed=0)
     torch.manual_seed(0)
-    return method_class(ctx)
+    method = method_class(ctx)
+    return method.to(device) if device.type != "cpu" else method
+
+
+def clock(device: torch.device) -> float:
+    """perf_counter after the device's queued work has finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def random_batches(args, observed, count):
@@ -194,7 +207,8 @@ def vs_published(args) -> None:
                       flush=True)
     phases = sorted({k for r in rows for k in r if k.endswith("_ms_per_step")})
     print_table(rows, ["engine", "image_size", "amp", "precision", "images_per_s", "speedup", *phases])
-    write_results(args.results or "train_step_vs_published", rows, {"command": " ".join(sys.argv)})
+    write_results(args.results or "train_step_vs_published", rows, {"command": " ".join(sys.argv), "device": "cpu"},
+                  out_dir=args.out_dir)
 
 
 def main() -> None:
@@ -219,7 +233,13 @@ def main() -> None:
                    help="fast engine vs a replica of the public iteration's cost (see above)")
     p.add_argument("--sizes", default="256,448", help="--vs-published: image sizes")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    add_device_arguments(p)
     args = p.parse_args()
+    if args.device == "cuda" and (args.vs_published or args.backbone_training):
+        mode = "--vs-published" if args.vs_published else "--backbone-training"
+        print(f"--device cuda: {mode} times the CPU only; run the default mode on the GPU", file=sys.stderr)
+        raise SystemExit(2)
+    device = resolve_device(args.device)
     if args.vs_published:
         # The published model unless given: ResNet-50, d = 1024, FFN 2048, 80 classes, batch 8.
         for flag, name, value in (("--backbone", "backbone", "resnet50"), ("--dim", "dim", 1024),
@@ -235,6 +255,7 @@ def main() -> None:
         return
 
     backbone = build_backbone(args.backbone, pretrained=args.backbone == "efficientnet_lite0").use_channels_last()
+    backbone = backbone.to(device) if device.type != "cpu" else backbone
     observed = torch.zeros(args.samples, args.classes, dtype=torch.int8)
     observed[torch.arange(args.samples), torch.arange(args.samples) % args.classes] = 1
     g = torch.Generator().manual_seed(0)
@@ -244,11 +265,13 @@ def main() -> None:
         batches.append({"image": torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g),
                         "image_hard": torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g),
                         "observed": observed[index].float(), "index": index})
+    if device.type != "cpu":
+        batches = [{k: v.to(device) for k, v in batch.items()} for batch in batches]
     rows = []
     for amp in (False, True):
         reference_rate = sdpa_rate = None
         for engine in ("reference", "reference+sdpa", "fast"):
-            method = make_method(engine.split("+")[0], backbone, observed, args, amp)
+            method = make_method(engine.split("+")[0], backbone, observed, args, amp, device=device)
             if engine == "reference+sdpa":
                 method.net.set_attention_backend("sdpa")
             optimizer = torch.optim.Adam(method.param_groups())
@@ -258,10 +281,10 @@ def main() -> None:
                 method.train_step(dict(batch), optimizer)
             method.timer.enabled = True
             method.timer.reset()
-            start = time.perf_counter()
+            start = clock(device)
             for batch in batches[2:]:
                 method.train_step(dict(batch), optimizer)
-            elapsed = time.perf_counter() - start
+            elapsed = clock(device) - start
             rate = args.steps * args.batch_size / elapsed
             if engine == "reference":
                 reference_rate = rate
@@ -269,7 +292,8 @@ def main() -> None:
                 sdpa_rate = rate
             policy = method.ctx.amp
             # what --amp ran: bfloat16 autocast only where the CPU has bfloat16 (engine/amp.py)
-            row = {"engine": engine, "amp": amp, "precision": "bfloat16" if policy.enabled else "float32",
+            precision = str(policy.dtype).removeprefix("torch.") if policy.enabled else "float32"
+            row = {"engine": engine, "amp": amp, "precision": precision, "device": device_name(device),
                    "image_size": args.image_size, "batch_size": args.batch_size,
                    "dim": args.dim, "backbone": args.backbone, "images_per_s": rate,
                    "median_ms": 1000 * elapsed / args.steps, "speedup": rate / reference_rate,
@@ -285,7 +309,8 @@ def main() -> None:
             row["amp_speedup"] = amp_rate[row["engine"]] / row["images_per_s"]
     print("--amp vs float32, images/s ratio: " + ", ".join(f"{r['engine']} {r['amp_speedup']:.2f}x"
                                                            for r in rows if "amp_speedup" in r))
-    write_results("train_step", rows, {"command": " ".join(sys.argv)})
+    write_results("train_step", rows, {"command": " ".join(sys.argv), "device": device_name(device)},
+                  out_dir=args.out_dir)
 
 
 if __name__ == "__main__":

@@ -411,6 +411,72 @@ def test_published_bank_contrasts_empty_classes_as_zero_vectors():
     assert abs(float(default) - float(got)) > 1e-3
 
 
+def test_per_sample_weights_reduce_to_the_published_infonce():
+    """--negative-weights estimator uses a weight per (sample, class); with the rows W[targets] it is
+    the public formula, and a class the estimator believes present (probability 1) drops out."""
+    from scob_fast.methods.scob.losses import scob_contrastive_loss_per_sample
+    g = torch.Generator().manual_seed(3)
+    z, zk = torch.randn(6, 8, generator=g, dtype=torch.float64), torch.randn(6, 8, generator=g, dtype=torch.float64)
+    targets = torch.tensor([0, 1, 2, 0, 3, 1])
+    protos = torch.randn(C, 8, generator=g, dtype=torch.float64)
+    r = torch.rand(C, C, generator=g, dtype=torch.float64)
+    r.fill_diagonal_(1.0)
+    w = 1 - torch.where(r >= 1, r, torch.zeros_like(r)) ** 2
+    every = torch.ones(C, dtype=torch.bool)
+    want = public_infonce(z, zk, targets, r, protos[:, None], tau=0.5)
+    got = scob_contrastive_loss_per_sample(z, zk, protos, every, w[targets], 0.5)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-7)
+    # weight 0 for class 4 in every row: the same as the published loss with W[:, 4] = 0
+    w4 = w.clone()
+    w4[:, 4] = 0
+    zeroed = w[targets].clone()
+    zeroed[:, 4] = 0
+    torch.testing.assert_close(scob_contrastive_loss_per_sample(z, zk, protos, every, zeroed, 0.5).double(),
+                               public_infonce_weighted(z, zk, targets, w4, protos, 0.5), rtol=1e-6, atol=1e-7)
+    assert abs(float(got) - float(scob_contrastive_loss_per_sample(z, zk, protos, every, zeroed, 0.5))) > 1e-4
+
+
+def public_infonce_weighted(z, zk, targets, w, protos, tau):
+    """The public InfoNCE written with an explicit class-pair weight matrix (entries of W, not R)."""
+    f1, f2, pq = F.normalize(z, dim=1), F.normalize(zk, dim=1), F.normalize(protos, dim=1)
+    sim = torch.cat([(f1 * f2).sum(1, keepdim=True), f1 @ pq.T], 1) + 1
+    weights = torch.cat([torch.ones(len(z), 1, dtype=z.dtype), w[targets]], 1)
+    return F.cross_entropy(sim * weights / tau, torch.zeros(len(z), dtype=torch.long))
+
+
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+def test_estimator_negative_weights_in_the_step(engine, monkeypatch):
+    """The option's step weights prototype c for image b by W[y_b, c] (1 - estimator probability of
+    c for b), from the global batch's own estimator rows, and differs from the published step."""
+    seen = []
+    per_sample = scob_method.scob_contrastive_loss_per_sample
+
+    def spy(z, zk, protos, valid, weights, tau):
+        seen.append(weights.clone())
+        return per_sample(z, zk, protos, valid, weights, tau)
+    monkeypatch.setattr(scob_method, "scob_contrastive_loss_per_sample", spy)
+    losses = {}
+    for name in ("correlation", "estimator"):
+        method = _method(engine=engine, bank_size=B, negative_weights=name)
+        full = (torch.ones(B, 64, dtype=torch.bool), torch.ones(B, 16, dtype=torch.bool))
+        _force_masks(method, [full, full])
+        opt = torch.optim.Adam(method.param_groups())
+        method.train()
+        method.start_epoch(0)
+        batches = list(_batches(2))
+        method.train_step(batches[0], opt)
+        before = torch.sigmoid(method.estimator(batches[1]["index"]).detach().float())
+        stats = method.train_step(batches[1], opt)
+        losses[name] = float(stats["loss_cl"])
+    assert len(seen) == 2      # the correlation runs never call it
+    # the supervised step of batch 1 moves its estimator rows first; the weights read them after it
+    after = torch.sigmoid(method.estimator(batches[1]["index"]).detach().float())
+    assert not torch.equal(before, after)
+    classes = method.last_cam["targets"]
+    torch.testing.assert_close(seen[-1], method.contrast_weights[classes] * (1 - after))
+    assert abs(losses["estimator"] - losses["correlation"]) > 1e-5
+
+
 def _force_masks(method, masks):
     """The CAM of each next step returns the next (keep_low, keep_high) of `masks`."""
     queue = list(masks)
@@ -532,3 +598,37 @@ def test_explain_gives_the_training_masks():
         low, high = method._cam_masks_reference(batch["image"], classes[:, j])
         assert torch.equal(maps["keep_low"][:, j].flatten(1), low)
         assert torch.equal(maps["keep_high"][:, j].flatten(1), high)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_estimator_blend_moves_unknown_entries_towards_the_classifier(share, monkeypatch):
+    """--estimator-blend s: after the supervised step, the batch's unknown entries are
+    (1 - s) sigmoid(g) + s p in probability, p the classifier's probabilities of that step;
+    observed positives and other rows keep the values the gradient step gave them."""
+    captured = {}
+    supervised = Scob._supervised
+
+    def spy(self, *args, **kwargs):
+        out = supervised(self, *args, **kwargs)
+        captured["p"] = torch.sigmoid(out[0])
+        captured["rows"] = self.estimator.logits.detach().clone()
+        return out
+    monkeypatch.setattr(Scob, "_supervised", spy)
+    method = _method(estimator_blend=share)
+    opt = torch.optim.Adam(method.param_groups())
+    method.train()
+    method.start_epoch(0)
+    batch = next(_batches(1))
+    method.train_step(batch, opt)
+    after = method.estimator.logits.detach()
+    rows, index = captured["rows"], batch["index"]
+    unknown = batch["observed"] <= 0
+    want = torch.logit(((1 - share) * torch.sigmoid(rows[index]) + share * captured["p"]).clamp(1e-4, 1 - 1e-4))
+    if share == 0.0:
+        torch.testing.assert_close(after, rows, rtol=0, atol=0)
+        return
+    torch.testing.assert_close(after[index][unknown], want[unknown], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after[index][~unknown], rows[index][~unknown], rtol=0, atol=0)
+    others = torch.ones(N, dtype=torch.bool)
+    others[index] = False
+    torch.testing.assert_close(after[others], rows[others], rtol=0, atol=0)

@@ -27,6 +27,16 @@ class ScobConfig:
     bank_size: int = option(2, "momentum features stored per class")
     cam_threshold: float = option(0.5, "CAM keep threshold (kept: >= threshold)")
     soft_correlation: bool = option(False, "weights from the raw correlation instead of the published hard (==1) one")
+    negative_weights: str = option("correlation", "prototype weights in the contrastive softmax: correlation: "
+                                   "W[y, c] from the class correlation, as published; estimator (ours): W[y, c] "
+                                   "times 1 - the label estimator's probability of class c for that image, so a "
+                                   "class the estimator believes present is not pushed away",
+                                   choices=("correlation", "estimator"))
+    estimator_blend: float = option(0.0, "ours, 0 = published: after each supervised step the batch's unknown "
+                                    "estimator entries move this fraction of the way (in probability) to the "
+                                    "classifier's prediction from that step, besides their gradient step (an "
+                                    "E-step at every visit; the rows otherwise move once per epoch by about "
+                                    "the learning rate)")
     estimator_init_width: float = option(0.3, "the label estimator's unknown entries start uniform in logit space "
                                          "over [logit(0.5 - w), logit(0.5 + w)]: 0.3 is the public code's 0.2..0.8 "
                                          "(main.py), 0.1 ROLE's (Cole et al. models.py)")

@@ -42,3 +42,18 @@ def scob_contrastive_loss(z, zk, labels, prototypes, prototype_valid, weights, t
     return label_contrastive_loss(
         z, labels, protos, candidate_labels, temperature=temperature, class_weights=weights,
         extra_positive=zk, positives="extra_only", weight_mode="logit", logit_shift=1.0, backend=backend)
+
+
+def scob_contrastive_loss_per_sample(z, zk, prototypes, prototype_valid, weights, temperature):
+    """The published InfoNCE with a weight per (sample, class) instead of per (class, class):
+    logits [cos(z, zk) + 1, weights[b, c] (cos(z, proto_c) + 1) for every stored class c] / temperature,
+    cross-entropy on index 0, mean over the batch. weights: [B, C]; with weights = W[labels] this is
+    scob_contrastive_loss."""
+    z = F.normalize(z.float(), dim=1)
+    zk = F.normalize(zk.float(), dim=1)
+    protos = F.normalize(prototypes.float(), dim=1)
+    positive = (z * zk).sum(dim=1, keepdim=True) + 1.0
+    negatives = weights.float() * (z @ protos.t() + 1.0)
+    negatives = negatives.masked_fill(~prototype_valid[None, :], float("-inf"))
+    logits = torch.cat([positive, negatives], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(z.shape[0], dtype=torch.long, device=z.device))

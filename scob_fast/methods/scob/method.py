@@ -42,7 +42,7 @@ from .cam import grad_cam_plus_plus, keep_masks_from_full, published_cam, target
 from .config import ScobConfig
 from .correlation import contrastive_weights, correlation, correlation_loop
 from .engine_choice import shared_clean_pass_problem
-from .losses import scob_contrastive_loss, scob_supervised_terms
+from .losses import scob_contrastive_loss, scob_contrastive_loss_per_sample, scob_supervised_terms
 from .phase_timer import PhaseTimer
 from .prototype_bank import PrototypeBank
 
@@ -250,6 +250,19 @@ class Scob(Method):
         amp.step(loss, optimizer)
         return logits.detach().float(), loss.detach(), classifier_term.detach(), estimator_term.detach()
 
+    @torch.no_grad()
+    def _blend_estimator(self, probabilities, batch):
+        """--estimator-blend: the global batch's unknown entries move towards the classifier's
+        probabilities; observed positives keep their value. Every rank applies the same update."""
+        dist, share = self.ctx.dist, self.config.estimator_blend
+        index = dist.gather(batch["index"])
+        unknown = dist.gather(batch["observed"]) <= 0
+        target = dist.gather(probabilities.float())
+        rows = self.estimator.logits[index]
+        mixed = (1.0 - share) * torch.sigmoid(rows.float()) + share * target
+        blended = torch.logit(mixed.clamp(1e-4, 1.0 - 1e-4)).to(rows.dtype)
+        self.estimator.logits[index] = torch.where(unknown, blended, rows)
+
     def _masks_from_gradients(self, f_high, gradients, low_grid, image_size):
         cam = published_cam(f_high.detach(), gradients, image_size)
         grids = [tuple(low_grid), tuple(f_high.shape[-2:])]
@@ -323,8 +336,9 @@ class Scob(Method):
             self.train(was_training)
         return {"cam": torch.stack(cams, 1), "keep_low": torch.stack(lows, 1), "keep_high": torch.stack(highs, 1)}
 
-    def _contrastive(self, z, zk, classes, optimizer, reference: bool):
-        """z: this rank's projections; zk, classes: the global batch's keys and classes."""
+    def _contrastive(self, z, zk, classes, indices, optimizer, reference: bool):
+        """z: this rank's projections; zk, classes, indices: the global batch's keys, classes and
+        sample indices."""
         a = self.config
         prototypes, valid = self.bank.prototypes()
         if a.published_bank:
@@ -332,9 +346,15 @@ class Scob(Method):
             # loss_contrastive_infonce contrasts against every class: cos(z, 0) = 0 stays in the softmax.
             prototypes = torch.where(valid[:, None], prototypes, torch.zeros_like(prototypes))
             valid = torch.ones_like(valid)
-        loss = a.lambda_cl * scob_contrastive_loss(
-            self.ctx.dist.gather_with_grad(z), zk, classes, prototypes, valid, self.contrast_weights, a.temperature,
-            backend="reference" if reference else None)
+        z_all = self.ctx.dist.gather_with_grad(z)
+        if a.negative_weights == "estimator":
+            believed = torch.sigmoid(self.estimator(indices).detach().float())
+            weights = self.contrast_weights[classes] * (1.0 - believed)
+            loss = a.lambda_cl * scob_contrastive_loss_per_sample(z_all, zk, prototypes, valid, weights, a.temperature)
+        else:
+            loss = a.lambda_cl * scob_contrastive_loss(
+                z_all, zk, classes, prototypes, valid, self.contrast_weights, a.temperature,
+                backend="reference" if reference else None)
         self.ctx.amp.step(loss, optimizer)
         return loss.detach()
 
@@ -369,6 +389,8 @@ class Scob(Method):
                 f_low, f_high, batch, optimizer, heads_eval=supervised_heads_eval)
             probabilities = torch.sigmoid(logits)
             classes = target_classes(batch["observed"], probabilities)
+            if a.estimator_blend > 0:
+                self._blend_estimator(probabilities, batch)
         # 2. CAM keep masks (BN on running statistics in both engines)
         with timer("cam"):
             if reference:
@@ -409,7 +431,8 @@ class Scob(Method):
             if run:
                 with amp.autocast():
                     z = self.net.projector(self.net.embed(h_low, h_high, keep_low, keep_high))
-                stats["loss_cl"] = self._contrastive(z, zk_all, classes_all, optimizer, reference)
+                stats["loss_cl"] = self._contrastive(z, zk_all, classes_all, dist.gather(batch["index"]), optimizer,
+                                                      reference)
             else:
                 stats["loss_cl"] = torch.zeros((), device=loss_sup.device)
         stats["cl_step"] = torch.tensor(float(run), device=loss_sup.device)
