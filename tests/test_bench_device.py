@@ -1,8 +1,10 @@
 """The benchmark scripts that scripts/gpu_check.sh runs on a GPU: `--device` and `--out-dir` on each,
 a smoke run of each on the CPU that writes its JSON where told (and leaves the committed results
 alone), and the one-line refusal of `--device cuda` where torch sees no GPU."""
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +37,21 @@ def _committed():
     return {p.name: p.read_bytes() for p in RESULTS.glob("*.json")}
 
 
+def _gpu_check_function(name):
+    text = (ROOT / "scripts" / "gpu_check.sh").read_text()
+    found = re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", text, re.S | re.M)
+    assert found, f"scripts/gpu_check.sh has no function {name}"
+    return found.group(0)
+
+
 @pytest.mark.parametrize("script", [s[0] for s in SCRIPTS])
 def test_gpu_check_finds_the_device_and_out_dir_flags(script):
-    """gpu_check.sh's has_flag greps the script's --help for each flag."""
-    help_text = _run([script, "--help"], timeout=120).stdout
-    assert "--device" in help_text and "--out-dir" in help_text
+    """gpu_check.sh's own has_flag (taken from the script) finds both flags in the script's --help."""
+    check = (_gpu_check_function("has_flag")
+             + 'PY=$1; has_flag "$2" --device || exit 3; has_flag "$2" --out-dir || exit 4\n')
+    done = subprocess.run(["bash", "-c", check, "has_flag", sys.executable, script], cwd=ROOT, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert done.returncode == 0, f"exit {done.returncode} (3: no --device, 4: no --out-dir) {done.stderr[-500:]}"
 
 
 @pytest.mark.parametrize("script,name,args,ratio", SCRIPTS, ids=[s[0] for s in SCRIPTS])
@@ -71,3 +83,18 @@ def test_train_step_refuses_cuda_for_the_cpu_only_modes():
                     CUDA_VISIBLE_DEVICES="")
         assert done.returncode == 2
         assert done.stderr.strip() == f"--device cuda: {mode} times the CPU only; run the default mode on the GPU"
+
+
+def test_a_backend_that_cannot_run_is_skipped_with_its_reason():
+    """The --device cuda runs drop a backend whose first call fails (here: cuda on CPU tensors, as an
+    unbuilt extension would) into "skipped" instead of crashing; checked on CPU tensors."""
+    from bench import label_contrastive as contrastive_bench
+    from bench import masked_attention as attention_bench
+
+    calls, _ = attention_bench.make_calls(2, 16, 0.5, ["reference", "cuda"])
+    ok, skipped = attention_bench.available(calls, ["reference", "cuda"])
+    assert ok == ["reference"] and list(skipped) == ["cuda"] and skipped["cuda"]
+
+    inputs = contrastive_bench.make_inputs(16, 16, 8, 4)
+    ok, skipped = contrastive_bench.available(inputs, ["reference", "cuda"], argparse.Namespace(temperature=0.2))
+    assert ok == ["reference"] and list(skipped) == ["cuda"] and skipped["cuda"]
