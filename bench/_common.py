@@ -69,6 +69,21 @@ def synchronized(fn: Callable[[], object], device: torch.device) -> Callable[[],
     return call
 
 
+def runnable(first_calls: dict[str, Callable[[], object]]) -> tuple[list[str], dict[str, str]]:
+    """The names whose first call runs here, and {name: reason} for the others (an unbuilt CUDA
+    extension, a Triton compile error): a backend that cannot run is reported, not fatal."""
+    ok, skipped = [], {}
+    for name, call in first_calls.items():
+        try:
+            call()
+        except Exception as error:
+            skipped[name] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+            print(f"skipped {name}: {skipped[name]}", file=sys.stderr)
+        else:
+            ok.append(name)
+    return ok, skipped
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 

@@ -32,7 +32,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (add_device_arguments, device_name, merge_runs, median_time_s,  # noqa: E402
-                           peak_memory_bytes, print_table, resolve_device, synchronized, write_results)
+                           peak_memory_bytes, print_table, resolve_device, runnable, synchronized,
+                           write_results)
 from bench.shapes import CONTRASTIVE_BACKENDS, CONTRASTIVE_CLASSES, contrastive_shapes  # noqa: E402
 from scob_fast.ops import last_backend  # noqa: E402
 from scob_fast.ops.label_contrastive import label_contrastive_loss  # noqa: E402
@@ -71,18 +72,8 @@ def step(inputs: dict, backend: str, backward: bool, temperature: float) -> str:
 
 
 def available(inputs: dict, backends: list[str], args) -> tuple[list[str], dict]:
-    """The backends whose call runs here, and {backend: reason} for the others (a CUDA extension
-    that is not built, a backend for another device): reported, not fatal."""
-    ok, skipped = [], {}
-    for backend in backends:
-        try:
-            step(inputs, backend, True, args.temperature)
-        except Exception as error:   # an unbuilt extension, a Triton compile error: reported, not fatal
-            skipped[backend] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
-            print(f"skipped {backend}: {skipped[backend]}", file=sys.stderr)
-        else:
-            ok.append(backend)
-    return ok, skipped
+    """The backends whose forward+backward runs here, and {backend: reason} for the others."""
+    return runnable({b: (lambda b=b: step(inputs, b, True, args.temperature)) for b in backends})
 
 
 def run_grid(shapes, backends, args, device=torch.device("cpu"), skipped=None) -> list[dict]:

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._common import (add_device_arguments, device_name, merge_runs, median_time_s,  # noqa: E402
-                           peak_memory_bytes, print_table, resolve_device, synchronized, write_results)
+                           peak_memory_bytes, print_table, resolve_device, runnable, synchronized,
+                           write_results)
 from bench.shapes import (ATTENTION_HEAD_DIM, ATTENTION_HEADS, ATTENTION_METHODS_FULL,  # noqa: E402
                           ATTENTION_METHODS_QUICK, attention_shapes)
 from scob_fast.ops import last_backend  # noqa: E402
@@ -111,19 +112,8 @@ def make_calls(B, L, keep_fraction, methods, device=torch.device("cpu")) -> tupl
 
 
 def available(calls: dict, methods: list[str]) -> tuple[list[str], dict]:
-    """The methods whose first call runs here, and {method: reason} for the others (e.g. the CUDA
-    extension not built): a missing backend is reported, not fatal."""
-    ok, skipped = [], {}
-    for name in methods:
-        try:
-            for call in calls[name].values():
-                call()
-        except Exception as error:   # an unbuilt extension, a Triton compile error: reported, not fatal
-            skipped[name] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
-            print(f"skipped {name}: {skipped[name]}", file=sys.stderr)
-        else:
-            ok.append(name)
-    return ok, skipped
+    """The methods whose passes both run here, and {method: reason} for the others."""
+    return runnable({name: (lambda passes=calls[name]: [call() for call in passes.values()]) for name in methods})
 
 
 def bench_config(B, L, keep_fraction, repeats, methods, device=torch.device("cpu"), skipped=None):
@@ -194,11 +184,11 @@ def main() -> None:
     if args.runs < 1:
         parser.error(f"--runs must be >= 1, got {args.runs}")
     repeats = args.repeats or (3 if args.quick else 5)
+    cases = ([(int(args.case[0]), int(args.case[1]), float(args.case[2]))] if args.case
+             else attention_shapes(args.quick))
     runs, skipped = [], {}
     for run in range(args.runs):
         rows = []
-        cases = ([(int(args.case[0]), int(args.case[1]), float(args.case[2]))] if args.case
-                 else attention_shapes(args.quick))
         for B, L, keep_fraction in cases:
             new = bench_config(B, L, keep_fraction, repeats, methods, device, skipped)
             print_table(new, COLUMNS)

@@ -23,11 +23,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import add_device_arguments, device_name, print_table, resolve_device, write_results  # noqa: E402
+from bench._common import (add_device_arguments, device_name, print_table, resolve_device,  # noqa: E402
+                           synchronized, write_results)
 from scob_fast.data import MultiLabelDataset, build_loader, observe_labels  # noqa: E402
 from scob_fast.models.backbone import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
@@ -87,15 +89,8 @@ class PeakRss:
         self._thread.join()
 
 
-def _epoch_images(loader, device) -> int:
-    images = sum(batch["index"].numel() for batch in loader)
-    if device is not None and device.type == "cuda":
-        import torch
-        torch.cuda.synchronize(device)
-    return images
-
-
-def time_loader(loader, epochs: int, device=None) -> tuple[list[float], int, float]:
+def time_loader(loader, epochs: int, device=torch.device("cpu")) -> tuple[list[float], int, float]:
+    count_epoch = synchronized(lambda: sum(batch["index"].numel() for batch in loader), device)
     loader.set_epoch(0)
     for _ in loader:  # warm-up: worker start, pipeline build, page cache
         pass
@@ -104,7 +99,7 @@ def time_loader(loader, epochs: int, device=None) -> tuple[list[float], int, flo
         for epoch in range(1, epochs + 1):
             loader.set_epoch(epoch)
             start = time.perf_counter()
-            images = _epoch_images(loader, device)
+            images = count_epoch()
             times.append(time.perf_counter() - start)
     return times, images, max(0, rss.peak - rss.base)
 
@@ -209,7 +204,7 @@ def main() -> None:
                                   mean=IMAGENET_MEAN, std=IMAGENET_STD, train=True, hard_view=True,
                                   loader=backend, workers=workers, seed=0,
                                   device=args.device if backend == "dali" else None)
-            times, images, peak = time_loader(loader, args.epochs, device if backend == "dali" else None)
+            times, images, peak = time_loader(loader, args.epochs, device if backend == "dali" else torch.device("cpu"))
             epoch_s = statistics.median(times)
             measured[backend] = images / epoch_s
             rows.append({"images": images, "src": "640x480 jpeg", "image_size": args.image_size,

@@ -417,9 +417,9 @@ class Scob(Method):
         # MultiheadAttention gives NaN for a sample without one, its loss is NaN and
         # PhaseHelper.validate_loss skips the step (main.py:354).
         complete = keep_low.any(dim=1) & keep_high.any(dim=1) if a.published_bank else None
-        # The global batch's keys, classes and completeness (one process: this batch's).
+        # The global batch's keys, classes, sample indices and completeness (one process: this batch's).
         dist = self.ctx.dist
-        zk_all, classes_all = dist.gather(zk), dist.gather(classes)
+        zk_all, classes_all, indices_all = dist.gather(zk), dist.gather(classes), dist.gather(batch["index"])
         complete_all = None if complete is None else dist.gather(complete)
         with timer("contrastive"):
             if a.published_bank:
@@ -431,8 +431,7 @@ class Scob(Method):
             if run:
                 with amp.autocast():
                     z = self.net.projector(self.net.embed(h_low, h_high, keep_low, keep_high))
-                stats["loss_cl"] = self._contrastive(z, zk_all, classes_all, dist.gather(batch["index"]), optimizer,
-                                                      reference)
+                stats["loss_cl"] = self._contrastive(z, zk_all, classes_all, indices_all, optimizer, reference)
             else:
                 stats["loss_cl"] = torch.zeros((), device=loss_sup.device)
         stats["cl_step"] = torch.tensor(float(run), device=loss_sup.device)
@@ -441,7 +440,7 @@ class Scob(Method):
         with timer("bank"):
             confidence = probabilities.gather(1, classes[:, None])[:, 0]
             update = self.bank.update_sequential if reference else self.bank.update
-            update(zk_all, classes_all, dist.gather(confidence), dist.gather(batch["index"]), keep=complete_all)
+            update(zk_all, classes_all, dist.gather(confidence), indices_all, keep=complete_all)
         stats["keep_low"] = keep_low.float().mean()
         stats["keep_high"] = keep_high.float().mean()
         stats["estimator_drift"] = self.estimator.drift(batch["index"], batch["observed"] > 0)
