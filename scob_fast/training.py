@@ -25,7 +25,8 @@ from scob_fast.config import TrainConfig
 from scob_fast.data import build_loader, load_observed, observe_labels, save_observed
 from scob_fast.data.preflight import check_images, describe
 from scob_fast.data.protocols import Draw, load_splits, protocol_splits, save_splits, splits_of, splits_path
-from scob_fast.data.loaders.cached import CachedFeatureLoader, FeatureCache
+from scob_fast.data.loaders.cached import (CachedFeatureLoader, CleanViewFeatures, FeatureCache, cached, disk_shortfall,
+                                          feature_bytes_per_image)
 from scob_fast.data.registry import dataset_spec
 from scob_fast.engine import checkpoint, distributed
 from scob_fast.engine.amp import AmpPolicy
@@ -159,7 +160,9 @@ def build_loaders(config: TrainConfig, method, backbone, splits, observed, run_d
                    loader=d.loader, workers=d.workers, seed=o.seed, max_bad_fraction=d.max_bad_fraction,
                    max_pixels=d.max_image_pixels, shard=dist.shard)
     if d.cache_features:
-        return _cached_loaders(config, method, backbone, options, observed, splits, run_dir, dist)
+        loaders = _cached_loaders(config, method, backbone, options, observed, splits, run_dir, dist)
+        if loaders is not None:
+            return loaders
     train_set, val_set, test_set = splits
     return (build_loader(train_set, observed, train=True, hard_view=method.needs_hard_view, **options),
             build_loader(val_set, _no_observed(val_set), train=False, hard_view=False, **options),
@@ -169,23 +172,40 @@ def build_loaders(config: TrainConfig, method, backbone, splits, observed, run_d
 def _cached_loaders(config: TrainConfig, method, backbone, options, observed, splits, run_dir: RunDirectory,
                     dist: DistContext = SINGLE):
     d, m = config.data, config.model
-    if not method.supports_feature_cache:
-        raise SystemExit(f"--cache-features: method {m.method} needs image-space views (e.g. Scob's hard view), "
-                         "which cached features cannot give; run it without --cache-features")
-    loaders = []
-    for split, dataset, flips in zip(("train", "val", "test"), splits, (True, False, False)):
+    problem = method.feature_cache_problem()
+    if problem is not None:
+        raise SystemExit(f"--cache-features: method {m.method} cannot train from cached features: {problem}; "
+                         "run it without --cache-features")
+    cache_root = Path(d.cache_dir) if d.cache_dir else run_dir.path / "feature_cache"
+    keys = []
+    for split, dataset in zip(("train", "val", "test"), splits):
         # Which images, in which order: a shared --cache-dir must never serve another split's features.
         digest = hashlib.sha256("\n".join(dataset.image_paths).encode()).hexdigest()[:16]
-        key = {"dataset": d.dataset, "root": str(d.data_root), "split": split, "images": len(dataset),
-               "protocol": d.protocol, "paths_sha256": digest,
-               "backbone": m.backbone, "weights": str(m.backbone_weights), "image_size": d.image_size}
+        keys.append({"dataset": d.dataset, "root": str(d.data_root), "split": split, "images": len(dataset),
+                     "protocol": d.protocol, "paths_sha256": digest,
+                     "backbone": m.backbone, "weights": str(m.backbone_weights), "image_size": d.image_size})
+    # The fallback when the cache would not fit: train from the images, as without the flag.
+    missing = [(len(dataset), 2 if split == "train" else 1)
+               for split, dataset, key in zip(("train", "val", "test"), splits, keys) if not cached(cache_root / split, key)]
+    if missing:
+        needed = sum(n * feature_bytes_per_image(backbone, d.image_size, views) for n, views in missing)
+        shortfall = disk_shortfall(cache_root, needed)
+        if shortfall is not None:
+            log.warning("--cache-features: %s; training without the cache (the backbone runs on every batch)", shortfall)
+            return None
+    loaders = []
+    for split, dataset, flips, key in zip(("train", "val", "test"), splits, (True, False, False), keys):
         # The cache holds every image: rank 0 builds it from an unsharded pass, the others then open it.
         source = build_loader(dataset, _no_observed(dataset), train=False, hard_view=False,
                               **{**options, "shard": (0, 1)})
         log.info("feature cache: %s split (%d images, flips=%s)", split, len(dataset), flips)
-        cache_root = Path(d.cache_dir) if d.cache_dir else run_dir.path / "feature_cache"
         with dist.main_first():
             cache = FeatureCache.build(cache_root / split, backbone, source, len(dataset), flips, key)
+        if split == "train" and method.feature_cache_keeps_images:
+            # The hard view is made from the images; the cache spares the clean view's backbone pass.
+            images = build_loader(dataset, observed, train=True, hard_view=method.needs_hard_view, **options)
+            loaders.append(CleanViewFeatures(images, cache))
+            continue
         loaders.append(CachedFeatureLoader(cache, dataset.labels, observed if split == "train" else None,
                                            config.optim.batch_size, train=split == "train", seed=config.optim.seed,
                                            shard=dist.shard))

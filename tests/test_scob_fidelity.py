@@ -600,35 +600,101 @@ def test_explain_gives_the_training_masks():
         assert torch.equal(maps["keep_high"][:, j].flatten(1), high)
 
 
+@pytest.mark.parametrize("update", ["published", "joint"])
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
-def test_estimator_blend_moves_unknown_entries_towards_the_classifier(share, monkeypatch):
+def test_estimator_blend_moves_unknown_entries_towards_the_classifier(share, update, monkeypatch):
     """--estimator-blend s: after the supervised step, the batch's unknown entries are
     (1 - s) sigmoid(g) + s p in probability, p the classifier's probabilities of that step;
     observed positives and other rows keep the values the gradient step gave them."""
     captured = {}
-    supervised = Scob._supervised
+    blend = Scob._blend_estimator
 
-    def spy(self, *args, **kwargs):
-        out = supervised(self, *args, **kwargs)
-        captured["p"] = torch.sigmoid(out[0])
+    def spy(self, probabilities, batch):
+        # the rows after the supervised gradient step, and the classifier's probabilities of that step
+        captured["p"] = probabilities.clone()
         captured["rows"] = self.estimator.logits.detach().clone()
-        return out
-    monkeypatch.setattr(Scob, "_supervised", spy)
-    method = _method(estimator_blend=share)
+        return blend(self, probabilities, batch)
+    monkeypatch.setattr(Scob, "_blend_estimator", spy)
+    method = _method(estimator_blend=share, contrastive_update=update)
     opt = torch.optim.Adam(method.param_groups())
     method.train()
     method.start_epoch(0)
     batch = next(_batches(1))
     method.train_step(batch, opt)
+    if share == 0.0:
+        assert not captured, "--estimator-blend 0 (published) must not blend"
+        return
     after = method.estimator.logits.detach()
     rows, index = captured["rows"], batch["index"]
     unknown = batch["observed"] <= 0
     want = torch.logit(((1 - share) * torch.sigmoid(rows[index]) + share * captured["p"]).clamp(1e-4, 1 - 1e-4))
-    if share == 0.0:
-        torch.testing.assert_close(after, rows, rtol=0, atol=0)
-        return
     torch.testing.assert_close(after[index][unknown], want[unknown], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(after[index][~unknown], rows[index][~unknown], rtol=0, atol=0)
     others = torch.ones(N, dtype=torch.bool)
     others[index] = False
     torch.testing.assert_close(after[others], rows[others], rtol=0, atol=0)
+
+
+# -- --contrastive-update: the published two optimiser steps, or one step on the sum (ours) ----------
+
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+@pytest.mark.parametrize("update", ["published", "joint"])
+def test_contrastive_update_steps(update, engine, monkeypatch):
+    """published: a supervised step, then a contrastive step of its own (main.py run_train_iter calls
+    optimizer.step() twice); joint: one step whose loss is loss_sup + loss_cl and whose gradients
+    reach both the classifier (supervised only) and the projector (contrastive only)."""
+    method = _method(engine=engine, contrastive_update=update)
+    amp = method.ctx.amp
+    steps = []
+    original = type(amp).step
+
+    def spy(self, loss, optimizer):
+        ok = original(self, loss, optimizer)
+        steps.append({"loss": loss.detach().clone(),
+                      "classifier": method.net.classifier.weight.grad is not None,
+                      "projector": method.net.projector[0].weight.grad is not None})
+        return ok
+    monkeypatch.setattr(type(amp), "step", spy)
+    opt = torch.optim.Adam(method.param_groups())
+    method.train()
+    method.start_epoch(0)
+    contrasted = 0
+    for batch in _batches(3):
+        steps.clear()
+        stats = method.train_step(batch, opt)
+        ran = bool(stats["cl_step"])
+        contrasted += ran
+        if update == "joint":
+            assert len(steps) == 1
+            torch.testing.assert_close(steps[0]["loss"], stats["loss_sup"] + stats["loss_cl"])
+            assert steps[0]["classifier"] and steps[0]["projector"] == ran
+        else:
+            assert len(steps) == 1 + ran
+            torch.testing.assert_close(steps[0]["loss"], stats["loss_sup"])
+            assert steps[0]["classifier"] and not steps[0]["projector"]
+            if ran:
+                torch.testing.assert_close(steps[1]["loss"], stats["loss_cl"])
+                assert steps[1]["projector"] and not steps[1]["classifier"]
+    assert contrasted >= 1, "the contrastive branch must run in this test"
+
+
+def test_joint_update_takes_the_cam_from_the_heads_before_the_step(monkeypatch):
+    """Joint: nothing has stepped when the CAM runs, so its gradients are those of the starting
+    heads; published: the CAM sees the heads after the supervised step."""
+    seen = []
+    masks = Scob._masks_from_gradients
+
+    def spy(self, f_high, gradients, *args):
+        seen.append(gradients.detach().clone())
+        return masks(self, f_high, gradients, *args)
+    monkeypatch.setattr(Scob, "_masks_from_gradients", spy)
+    batch = next(_batches(1))
+    for update in ("published", "joint"):
+        method = _method(contrastive_update=update)
+        method.train()
+        method.start_epoch(0)
+        seen.clear()
+        method._cam_masks_reference(batch["image"], batch["observed"].argmax(dim=1))
+        method.train_step(dict(batch), torch.optim.SGD(method.param_groups(), lr=1.0))
+        start, in_step = seen
+        assert torch.allclose(start, in_step, rtol=1e-5, atol=1e-7) == (update == "joint"), update

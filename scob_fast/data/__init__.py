@@ -22,7 +22,7 @@ loaders -> {dali, pil, cached} -> loaders.base.
 from .datasets import build_dataset, protocol_split
 from .demo import ensure_demo_dataset
 from .labels import load_observed, observe_labels, observed_path, parse_regime, save_observed
-from .loaders import (LOADERS, CachedFeatureLoader, DataLoadError, FeatureCache, build_loader,
+from .loaders import (LOADERS, CachedFeatureLoader, CleanViewFeatures, DataLoadError, FeatureCache, build_loader,
                       cache_bytes_per_image, dali_available, epoch_order)
 from .multilabel import DatasetError, MultiLabelDataset
 from .readers import VOC_CLASSES
@@ -33,7 +33,7 @@ __all__ = [
     "VOC_CLASSES", "DatasetError", "MultiLabelDataset", "build_dataset", "protocol_split",
     "load_observed", "observe_labels", "observed_path", "parse_regime", "save_observed",
     "LOADERS", "DataLoadError", "build_loader", "dali_available", "epoch_order",
-    "CachedFeatureLoader", "FeatureCache", "cache_bytes_per_image", "demo_root",
+    "CachedFeatureLoader", "CleanViewFeatures", "FeatureCache", "cache_bytes_per_image", "demo_root",
 ]
 
 

@@ -81,6 +81,9 @@ class Method(nn.Module):
     config_class: type | None = None  # dataclass of the method's options (generates its CLI flags)
     needs_hard_view = False           # does the loader have to produce the hard-augmented view?
     supports_feature_cache = True     # can it train from --cache-features batches (no image views)?
+    # With --cache-features, does training still need the images (an image-space hard view), the
+    # cache serving the clean view's features beside them?
+    feature_cache_keeps_images = False
     label_regimes = ("single",)       # the label regimes this method is meant for; the first is its default
 
     @classmethod
@@ -109,6 +112,12 @@ class Method(nn.Module):
     def train_step(self, batch: dict, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         """One iteration; returns detached scalar tensors for logging (no host sync required)."""
         raise NotImplementedError
+
+    def feature_cache_problem(self) -> str | None:
+        """Why this method, with its options, cannot train with --cache-features (None: it can)."""
+        if not self.supports_feature_cache:
+            return "it needs image-space views, which cached features cannot give"
+        return None
 
     def predict_batch(self, batch: dict) -> torch.Tensor:
         if "features_low" in batch:

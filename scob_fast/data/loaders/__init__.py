@@ -10,7 +10,7 @@ import torch
 from ..images import DEFAULT_MAX_PIXELS
 from ..multilabel import MultiLabelDataset
 from .base import DataLoadError, LoaderBase, epoch_order
-from .cached import CachedFeatureLoader, FeatureCache, cache_bytes_per_image
+from .cached import CachedFeatureLoader, CleanViewFeatures, FeatureCache, cache_bytes_per_image
 from .dali import DaliLoader  # imports nvidia.dali only when a DaliLoader builds its pipeline
 from .pil import PilLoader
 
@@ -18,7 +18,7 @@ LOADERS = ("auto", "dali", "pil")
 
 __all__ = ["LOADERS", "build_loader", "dali_available", "DataLoadError", "LoaderBase", "epoch_order",
            "DaliLoader", "PilLoader",
-           "CachedFeatureLoader", "FeatureCache", "cache_bytes_per_image"]
+           "CachedFeatureLoader", "CleanViewFeatures", "FeatureCache", "cache_bytes_per_image"]
 
 
 def dali_available() -> str | None:

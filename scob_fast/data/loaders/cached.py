@@ -26,6 +26,35 @@ def cache_bytes_per_image(shapes: tuple[tuple[int, ...], tuple[int, ...]], views
     return views * 2 * sum(int(np.prod(s)) for s in shapes)
 
 
+@torch.no_grad()
+def feature_bytes_per_image(backbone, image_size: int, views: int) -> int:
+    """The cache's disk bytes per image for this backbone and size (one probe forward on a blank image)."""
+    device = next(backbone.parameters()).device
+    f_low, f_high = backbone(torch.zeros(1, 3, image_size, image_size, device=device))
+    return cache_bytes_per_image((tuple(f_low.shape[1:]), tuple(f_high.shape[1:])), views)
+
+
+def cached(path: Path, key: dict) -> bool:
+    """Is a complete cache for `key` already at `path` (FeatureCache.build would only open it)?"""
+    meta_path = Path(path) / "meta.json"
+    if not meta_path.is_file():
+        return False
+    meta = json.loads(meta_path.read_text())
+    return meta.get("key") == key and meta.get("version") == CACHE_VERSION
+
+
+def disk_shortfall(root: Path, needed_bytes: int, margin: float = 1.05) -> str | None:
+    """Why `needed_bytes` (plus a 5 % margin) would not fit on the filesystem of `root`, or None."""
+    probe = Path(root)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed_bytes * margin <= free:
+        return None
+    return (f"the feature cache needs {needed_bytes / 2**30:.2f} GiB in {root}, and {probe} has "
+            f"{free / 2**30:.2f} GiB free")
+
+
 class FeatureCache:
     """Two memory-mapped arrays [N, views, C, H, W] (float16) plus meta.json, written last."""
 
@@ -47,11 +76,8 @@ class FeatureCache:
     def build(path: Path, backbone, loader, num_images: int, flips: bool, key: dict) -> "FeatureCache":
         """Run `backbone` over an eval-mode `loader` (dataset order) and store the features."""
         path = Path(path)
-        meta_path = path / "meta.json"
-        if meta_path.is_file():
-            meta = json.loads(meta_path.read_text())
-            if meta.get("key") == key and meta.get("version") == CACHE_VERSION:
-                return FeatureCache(path)
+        if cached(path, key):
+            return FeatureCache(path)
         tmp = path.with_name(path.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -134,3 +160,44 @@ class CachedFeatureLoader:
                 "labels": torch.from_numpy(self.labels[index].astype(np.float32)),
                 "index": torch.from_numpy(index.astype(np.int64)),
             }
+
+
+class CleanViewFeatures:
+    """An image loader's training batches with the clean view's cached features attached.
+
+    For a method whose hard view is an image-space augmentation (Scob): the images still come from
+    the loader, which builds the hard view from them, while the clean view's two feature levels come
+    from the cache (`features_low` / `features_high`, the mirrored view where the batch's `flip` says
+    the loader mirrored the image), so only the hard view runs through the backbone. The cache must
+    hold two views per image (built with flips) and the loader must report its flips. Epochs,
+    positions and skipped images are the wrapped loader's.
+    """
+
+    def __init__(self, loader, cache: FeatureCache):
+        if cache.views != 2:
+            raise ValueError(f"feature cache {cache.path}: the clean view needs the mirrored features too "
+                             f"(views = 2), it holds {cache.views}")
+        if len(cache) != len(loader.dataset):
+            raise ValueError(f"feature cache {cache.path} holds {len(cache)} images, the loader's dataset "
+                             f"{len(loader.dataset)}")
+        self.loader, self.cache = loader, cache
+
+    def __getattr__(self, name):
+        # set_epoch, next_batch, skipped, dataset, summary, ...: the image loader's own
+        if name == "loader":
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if "flip" not in batch:
+                raise RuntimeError("CleanViewFeatures: the image loader did not report its flips")
+            index = batch["index"].cpu().numpy()
+            view = batch["flip"].cpu().numpy().astype(np.int64)
+            device = batch["image"].device
+            batch["features_low"] = torch.from_numpy(np.asarray(self.cache.low[index, view], dtype=np.float32)).to(device)
+            batch["features_high"] = torch.from_numpy(np.asarray(self.cache.high[index, view], dtype=np.float32)).to(device)
+            yield batch

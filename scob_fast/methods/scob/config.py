@@ -37,6 +37,12 @@ class ScobConfig:
                                     "classifier's prediction from that step, besides their gradient step (an "
                                     "E-step at every visit; the rows otherwise move once per epoch by about "
                                     "the learning rate)")
+    contrastive_update: str = option("published", "published: the contrastive loss takes a second optimiser step of "
+                                     "its own after the supervised one (main.py run_train_iter: two "
+                                     "optimizer.step() calls on one Adam), so the shared Adam moments re-apply the "
+                                     "supervised direction in that step; joint (ours): one step on the sum "
+                                     "L_sup + lambda_cl L_cl, with the CAM taken from the heads before the step",
+                                     choices=("published", "joint"))
     estimator_init_width: float = option(0.3, "the label estimator's unknown entries start uniform in logit space "
                                          "over [logit(0.5 - w), logit(0.5 + w)]: 0.3 is the public code's 0.2..0.8 "
                                          "(main.py), 0.1 ROLE's (Cole et al. models.py)")

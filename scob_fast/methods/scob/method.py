@@ -60,9 +60,11 @@ def momentum_init_seed(seed: int) -> int:
 class Scob(Method):
     name = "scob"
     needs_hard_view = True
-    # Its hard view is an image-space augmentation (and with --published-bn the backbone's features
-    # drift during training), so cached features never serve it: training.py refuses the combination.
-    supports_feature_cache = False
+    # Its hard view is an image-space augmentation, so with --cache-features the images still come
+    # through the loader (for the hard view) and the cache gives the clean view's features: the fast
+    # engine then runs the backbone on the hard view only (feature_cache_problem says when it cannot).
+    supports_feature_cache = True
+    feature_cache_keeps_images = True
     label_regimes = ("single",)
     config_class = ScobConfig
     # Default k per dataset where the public code's differs from the dataset's (scob_fast.config):
@@ -74,6 +76,14 @@ class Scob(Method):
     @classmethod
     def needs_unfolded_batchnorm(cls, config) -> bool:
         return bool(getattr(config, "published_bn", False))
+
+    def feature_cache_problem(self) -> str | None:
+        if self.config.published_bn:
+            return ("--published-bn runs the backbone's BatchNorm on batch statistics, so the clean view's "
+                    "features depend on the batch and drift with training")
+        if self.config.engine == "reference":
+            return "--engine reference runs the backbone on the clean view in every pass, as the public code"
+        return None
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
@@ -232,13 +242,13 @@ class Scob(Method):
         finally:
             self.backbone.set_batchnorm_training(False)
 
-    def _supervised(self, f_low, f_high, batch, optimizer, heads_eval: bool = False):
-        amp = self.ctx.amp
+    def _supervised_terms(self, f_low, f_high, batch, heads_eval: bool = False):
+        """(logits, classifier term, estimator term) with their graphs: the supervised loss is their sum."""
         was_training = self.net.training
         if heads_eval:
             self.net.eval()
         try:
-            with amp.autocast():
+            with self.ctx.amp.autocast():
                 logits = self.net(f_low, f_high)
         finally:
             self.net.train(was_training)
@@ -246,9 +256,7 @@ class Scob(Method):
         classifier_term, estimator_term = scob_supervised_terms(
             dist.gather_with_grad(logits), self.estimator(dist.gather(batch["index"])), dist.gather(batch["observed"]),
             self.ctx.expected_positives)
-        loss = classifier_term + estimator_term
-        amp.step(loss, optimizer)
-        return logits.detach().float(), loss.detach(), classifier_term.detach(), estimator_term.detach()
+        return logits, classifier_term, estimator_term
 
     @torch.no_grad()
     def _blend_estimator(self, probabilities, batch):
@@ -336,9 +344,9 @@ class Scob(Method):
             self.train(was_training)
         return {"cam": torch.stack(cams, 1), "keep_low": torch.stack(lows, 1), "keep_high": torch.stack(highs, 1)}
 
-    def _contrastive(self, z, zk, classes, indices, optimizer, reference: bool):
-        """z: this rank's projections; zk, classes, indices: the global batch's keys, classes and
-        sample indices."""
+    def _contrastive_loss(self, z, zk, classes, indices, reference: bool):
+        """lambda_cl x the InfoNCE (with its graph). z: this rank's projections; zk, classes, indices:
+        the global batch's keys, classes and sample indices."""
         a = self.config
         prototypes, valid = self.bank.prototypes()
         if a.published_bank:
@@ -355,8 +363,7 @@ class Scob(Method):
             loss = a.lambda_cl * scob_contrastive_loss(
                 z_all, zk, classes, prototypes, valid, self.contrast_weights, a.temperature,
                 backend="reference" if reference else None)
-        self.ctx.amp.step(loss, optimizer)
-        return loss.detach()
+        return loss
 
     def train_step(self, batch: dict, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         """One published iteration. Returns detached scalars: loss_sup = loss_classifier +
@@ -379,17 +386,27 @@ class Scob(Method):
         # (model.eval() inside GradCamWrapper) and evaluation use the running ones.
         supervised_bn_batch = a.published_bn and not first_of_epoch
         supervised_heads_eval = a.published_bn and first_of_epoch and self._epoch > 0
-        with timer("backbone"), torch.no_grad(), amp.autocast(), self._batchnorm(supervised_bn_batch):
-            # The clean features serve the supervised pass, the CAM and the momentum key (fast
-            # engine). (One call on both views concatenated was measured slower per image on CPU.)
-            f_low, f_high = self.backbone(images)
-        # 1. supervised pass against the label estimator
+        if "features_low" in batch and not reference:
+            # --cache-features: the clean view's features of a frozen eval-mode backbone (fp16 on disk)
+            f_low, f_high = batch["features_low"], batch["features_high"]
+        else:
+            with timer("backbone"), torch.no_grad(), amp.autocast(), self._batchnorm(supervised_bn_batch):
+                # The clean features serve the supervised pass, the CAM and the momentum key (fast
+                # engine). (One call on both views concatenated was measured slower per image on CPU.)
+                f_low, f_high = self.backbone(images)
+        # 1. supervised pass against the label estimator (its own optimiser step, as published, or
+        # with --contrastive-update joint one step on the sum with the contrastive loss, after step 5)
+        joint = a.contrastive_update == "joint"
         with timer("supervised"):
-            logits, loss_sup, loss_classifier, loss_estimator = self._supervised(
-                f_low, f_high, batch, optimizer, heads_eval=supervised_heads_eval)
+            logits, loss_classifier, loss_estimator = self._supervised_terms(
+                f_low, f_high, batch, heads_eval=supervised_heads_eval)
+            loss_sup = loss_classifier + loss_estimator
+            if not joint:
+                amp.step(loss_sup, optimizer)
+            logits, loss_classifier, loss_estimator = logits.detach().float(), loss_classifier.detach(), loss_estimator.detach()
             probabilities = torch.sigmoid(logits)
             classes = target_classes(batch["observed"], probabilities)
-            if a.estimator_blend > 0:
+            if a.estimator_blend > 0 and not joint:
                 self._blend_estimator(probabilities, batch)
         # 2. CAM keep masks (BN on running statistics in both engines)
         with timer("cam"):
@@ -411,7 +428,7 @@ class Scob(Method):
         # 4. hard-augmented view through the masked heads and the projector
         with timer("backbone"), torch.no_grad(), amp.autocast(), self._batchnorm(True):
             h_low, h_high = self.backbone(hard)
-        stats = {"loss_sup": loss_sup, "loss_classifier": loss_classifier, "loss_estimator": loss_estimator}
+        stats = {"loss_sup": loss_sup.detach(), "loss_classifier": loss_classifier, "loss_estimator": loss_estimator}
         # 5. contrastive step, only when both levels keep something (main.py:342). With
         # --published-bank also only when every sample keeps a token in both levels: the public
         # MultiheadAttention gives NaN for a sample without one, its loss is NaN and
@@ -428,12 +445,18 @@ class Scob(Method):
                 run = all(dist.any_each(bool(keep_low.any()), bool(keep_high.any())))
             else:
                 run = bool(keep_low.any()) and bool(keep_high.any())
+            loss_cl = None
             if run:
                 with amp.autocast():
                     z = self.net.projector(self.net.embed(h_low, h_high, keep_low, keep_high))
-                stats["loss_cl"] = self._contrastive(z, zk_all, classes_all, indices_all, optimizer, reference)
-            else:
-                stats["loss_cl"] = torch.zeros((), device=loss_sup.device)
+                loss_cl = self._contrastive_loss(z, zk_all, classes_all, indices_all, reference)
+            if joint:
+                amp.step(loss_sup if loss_cl is None else loss_sup + loss_cl, optimizer)
+                if a.estimator_blend > 0:       # after the estimator's gradient step, as without joint
+                    self._blend_estimator(probabilities, batch)
+            elif loss_cl is not None:
+                amp.step(loss_cl, optimizer)
+            stats["loss_cl"] = torch.zeros((), device=loss_sup.device) if loss_cl is None else loss_cl.detach()
         stats["cl_step"] = torch.tensor(float(run), device=loss_sup.device)
         # 6. bank update with the supervised pass's confidence of each image's class (--published-bank:
         # without the samples whose momentum feature the public code gets as NaN, main.py:363)
