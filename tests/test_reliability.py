@@ -19,17 +19,6 @@ SMALL = ["--dataset", "demo", "--demo-images", "300", "--image-size", "64", "--d
          "--batch-size", "16", "--quiet", "--loader", "pil", "--workers", "0"]
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("SCOB_FAST_CACHE_DIR")
-    os.environ["SCOB_FAST_CACHE_DIR"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("SCOB_FAST_CACHE_DIR")
-    else:
-        os.environ["SCOB_FAST_CACHE_DIR"] = old
-
 
 def _error(capsys, argv) -> str:
     with pytest.raises(SystemExit) as info:

@@ -7,46 +7,21 @@ import torch
 from scob_fast.config import parse_args
 from scob_fast.data import CleanViewFeatures, FeatureCache, build_dataset, build_loader
 from scob_fast.engine import checkpoint
-from scob_fast.engine.amp import AmpPolicy
-from scob_fast.methods.base import HeadOptions, LearningRates, MethodContext
-from scob_fast.methods.scob import Scob, ScobConfig
-from scob_fast.models.backbone import build_backbone
 from scob_fast.training import run
 
-C, N, B, S = 5, 24, 4, 128
+import test_scob_engines as scob_engines  # its Scob test method (the same small heads and optimiser groups)
+
+C, N, B, S = scob_engines.C, scob_engines.N, scob_engines.B, scob_engines.S
 SMALL = ["--dataset", "demo", "--demo-images", "300", "--image-size", "64", "--dim", "64", "--ffn", "128",
          "--batch-size", "16", "--quiet", "--loader", "pil", "--workers", "0", "--method", "scob"]
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    torch.manual_seed(0)
-    return build_backbone("efficientnet_lite0")
+backbone = scob_engines.backbone     # the module-scoped random-weight Lite0 fixture
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    import os
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("SCOB_FAST_CACHE_DIR")
-    os.environ["SCOB_FAST_CACHE_DIR"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("SCOB_FAST_CACHE_DIR")
-    else:
-        os.environ["SCOB_FAST_CACHE_DIR"] = old
 
-
-def _method(backbone, observed, **over):
-    config = ScobConfig(**{"bank_size": 2, "lambda_cl": 0.5, "temperature": 0.5, "ema_alpha": 0.9, **over})
-    ctx = MethodContext(backbone=backbone, num_classes=C, num_samples=N, observed=observed, config=config,
-                        device=torch.device("cpu"), amp=AmpPolicy("cpu", False), image_size=S,
-                        heads=HeadOptions(dim=64, ffn=96, dropout=0.0),
-                        lr=LearningRates(linear=1e-3, transformer=1e-3, projector=1e-2, classifier=1e-3,
-                                         estimator=1e-2),
-                        expected_positives=1.5, seed=0)
-    torch.manual_seed(0)
-    return Scob(ctx)
+def _method(backbone, observed):
+    return scob_engines._method("fast", backbone, observed)
 
 
 def _smooth_images(generator, count):

@@ -12,18 +12,6 @@ SMALL = ["--dataset", "demo", "--demo-images", "300", "--image-size", "64", "--d
          "--batch-size", "16", "--quiet", "--loader", "pil", "--workers", "0"]
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    import os
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("SCOB_FAST_CACHE_DIR")
-    os.environ["SCOB_FAST_CACHE_DIR"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("SCOB_FAST_CACHE_DIR")
-    else:
-        os.environ["SCOB_FAST_CACHE_DIR"] = old
-
 
 def test_baseline_learns_far_above_chance_with_feature_cache(cache_dir, tmp_path):
     out = tmp_path / "an"
