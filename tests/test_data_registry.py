@@ -264,7 +264,7 @@ def test_public_names():
             "load_observed", "observe_labels", "observed_path", "parse_regime", "save_observed", "LOADERS",
             "DataLoadError", "build_loader", "dali_available", "epoch_order", "demo_root"}
     added = {"DatasetSpec", "dataset_spec", "dataset_names", "GENERIC_DEFAULTS", "FeatureCache",
-             "CachedFeatureLoader", "cache_bytes_per_image"}
+             "CachedFeatureLoader", "CleanViewFeatures", "cache_bytes_per_image"}
     assert set(data.__all__) == kept | added and all(hasattr(data, n) for n in data.__all__)
     # normalisation constants belong to the backbone (scob_fast.models.backbone), not to data
     assert not any(hasattr(data, n) for n in ("IMAGENET_MEAN", "IMAGENET_STD", "LITE0_MEAN", "LITE0_STD"))
