@@ -188,7 +188,8 @@ def _cached_loaders(config: TrainConfig, method, backbone, options, observed, sp
     missing = [(len(dataset), 2 if split == "train" else 1)
                for split, dataset, key in zip(("train", "val", "test"), splits, keys) if not cached(cache_root / split, key)]
     if missing:
-        needed = sum(n * feature_bytes_per_image(backbone, d.image_size, views) for n, views in missing)
+        per_view = feature_bytes_per_image(backbone, d.image_size, 1)       # one probe forward
+        needed = sum(n * views * per_view for n, views in missing)
         shortfall = disk_shortfall(cache_root, needed)
         if shortfall is not None:
             log.warning("--cache-features: %s; training without the cache (the backbone runs on every batch)", shortfall)

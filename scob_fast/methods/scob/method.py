@@ -63,7 +63,6 @@ class Scob(Method):
     # Its hard view is an image-space augmentation, so with --cache-features the images still come
     # through the loader (for the hard view) and the cache gives the clean view's features: the fast
     # engine then runs the backbone on the hard view only (feature_cache_problem says when it cannot).
-    supports_feature_cache = True
     feature_cache_keeps_images = True
     label_regimes = ("single",)
     config_class = ScobConfig
