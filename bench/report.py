@@ -130,6 +130,12 @@ def goal_rows() -> list[dict]:
         for r in sorted(_op_rows(contrastive["results"]), key=lambda r: (r["d"], r["n"], r["pass"])):
             add("label contrastive vs dense reference", f"N={r['n']} D={r['d']} {r['pass']}", r.get("speedup"), 1.0,
                 name, contrastive, r.get("ran", r["backend"]))
+    dropout = load("hash_dropout")
+    if dropout:
+        for r in dropout["results"]:
+            if r.get("backend") == "auto":
+                add("hash dropout vs torch dropout", f"{r['shape']} {r['pass']}", r.get("speedup"), 1.0,
+                    "hash_dropout", dropout, r.get("ran"))
     train = load("train_step")
     if train:
         for r in train["results"]:

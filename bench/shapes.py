@@ -28,3 +28,10 @@ def contrastive_shapes(quick: bool) -> list[tuple[int, int]]:
     """(N, D), D outer as the script runs them."""
     grid = CONTRASTIVE_QUICK if quick else CONTRASTIVE_FULL
     return [(n, d) for d in grid["dims"] for n in grid["sizes"]]
+
+
+# hash dropout: the Scob heads' activations, [B, L, width]: the demo's 128 px (B 16, Lite0's 8 x 8
+# level, d/2 = 128 and FFN 512) and the published 256 px heads (B 8, ResNet's 16 x 16 level, 512 / 2048)
+DROPOUT_SHAPES = ((16, 64, 128), (16, 64, 512), (8, 256, 512), (8, 256, 2048))
+DROPOUT_P = 0.1
+DROPOUT_BACKENDS = ("auto", "reference", "torch")   # torch: F.dropout, the peer

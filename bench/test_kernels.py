@@ -1,14 +1,17 @@
 """Kernel throughput under pytest-benchmark (see bench/conftest.py): the same shapes, methods and
-peers as bench/masked_attention.py and bench/label_contrastive.py, which build the calls timed here.
+peers as bench/masked_attention.py, bench/label_contrastive.py and bench/hash_dropout.py, which build the calls timed here.
 Each case records what the op's dispatch ran (`extra_info["ran"]`)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
+from bench import hash_dropout as dropout_bench
 from bench import label_contrastive as contrastive_bench
 from bench import masked_attention as attention_bench
 from bench.shapes import (ATTENTION_METHODS_FULL, ATTENTION_METHODS_QUICK, CONTRASTIVE_BACKENDS,
-                          CONTRASTIVE_CLASSES, attention_shapes, contrastive_shapes)
+                          CONTRASTIVE_CLASSES, DROPOUT_BACKENDS, DROPOUT_SHAPES, attention_shapes,
+                          contrastive_shapes)
 from scob_fast.ops import last_backend
 
 
@@ -20,6 +23,11 @@ def pytest_generate_tests(metafunc):
                  for pass_ in attention_bench.PASSES for method in methods]
         metafunc.parametrize("attention_case", cases,
                              ids=[f"B{b}-L{length}-keep{keep}-{p}-{m}" for b, length, keep, p, m in cases])
+    if "dropout_case" in metafunc.fixturenames:
+        cases = [(shape, pass_, backend) for shape in DROPOUT_SHAPES for pass_ in dropout_bench.PASSES
+                 for backend in DROPOUT_BACKENDS if not (quick and backend == "reference")]
+        metafunc.parametrize("dropout_case", cases,
+                             ids=[f"{'x'.join(map(str, s))}-{p}-{b}" for s, p, b in cases])
     if "contrastive_case" in metafunc.fixturenames:
         cases = [(n, d, backward, backend) for n, d in contrastive_shapes(quick) for backward in (False, True)
                  for backend in CONTRASTIVE_BACKENDS]
@@ -64,3 +72,11 @@ def test_label_contrastive(benchmark, contrastive_case):
     rounds = 2 if n >= 16384 else 5
     benchmark.pedantic(call, rounds=rounds, warmup_rounds=0 if n >= 16384 else 1, iterations=1)
     benchmark.extra_info["ran"] = ran["backend"]
+
+
+def test_hash_dropout(benchmark, dropout_case):
+    shape, pass_, backend = dropout_case
+    call = dropout_bench.make_call(torch.randn(shape, requires_grad=True), backend, pass_)
+    benchmark.group = f"hash_dropout {'x'.join(map(str, shape))} {pass_}"
+    benchmark.pedantic(call, rounds=7, warmup_rounds=1, iterations=1)
+    benchmark.extra_info["ran"] = last_backend("hash_dropout") if backend == "auto" else None

@@ -12,6 +12,8 @@ VARIABLES = {
     "SCOB_FAST_BACKEND": "force one backend for every op (cpp, triton, cuda, reference)",
     "SCOB_FAST_MASKED_ATTENTION_BACKEND": "force the masked_attention backend",
     "SCOB_FAST_LABEL_CONTRASTIVE_BACKEND": "force the label_contrastive_loss backend",
+    "SCOB_FAST_HASH_DROPOUT_BACKEND": "force the hash_dropout backend (cpp, reference); SCOB_FAST_BACKEND "
+                                      "applies to it only when it names one of those",
     "SCOB_FAST_BUILD_CUDA": "setup.py: 1 forces the CUDA sources into the build, 0 skips them (default: auto)",
     "SCOB_FAST_TORCH_PIP_ARGS": "scripts/setup.sh: extra pip arguments for the torch install (e.g. a CPU wheel index)",
     "SCOB_FAST_CACHE_DIR": "where generated data (the demo dataset) is cached (default ~/.cache/scob_fast)",

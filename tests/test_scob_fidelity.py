@@ -12,6 +12,7 @@ transcription of that code written here.
   for an empty class), and the NaN skip of main.py:354/363.
 - the diagnostics hook, the loss terms, and the preset configs/scob-coco2014.yaml.
 """
+import math
 import logging
 from pathlib import Path
 
@@ -436,6 +437,76 @@ def test_per_sample_weights_reduce_to_the_published_infonce():
     assert abs(float(got) - float(scob_contrastive_loss_per_sample(z, zk, protos, every, zeroed, 0.5))) > 1e-4
 
 
+def test_prototype_positive_is_the_two_positive_infonce():
+    """--prototype-positive: transcription of -log((e^{l_k} + e^{l_y}) / sum_j e^{l_j}) with l_y the
+    own class prototype's unweighted similarity; a class without a prototype keeps one positive."""
+    from scob_fast.methods.scob.losses import scob_contrastive_loss_per_sample
+    g = torch.Generator().manual_seed(5)
+    z, zk = torch.randn(6, 8, generator=g, dtype=torch.float64), torch.randn(6, 8, generator=g, dtype=torch.float64)
+    targets = torch.tensor([0, 1, 2, 0, 3, 1])
+    protos = torch.randn(C, 8, generator=g, dtype=torch.float64)
+    weights = torch.rand(6, C, generator=g, dtype=torch.float64)
+    valid = torch.ones(C, dtype=torch.bool)
+    valid[1] = False
+    tau = 0.7
+    got = scob_contrastive_loss_per_sample(z, zk, protos, valid, weights, tau, own_classes=targets)
+    f1, f2, pq = F.normalize(z, dim=1), F.normalize(zk, dim=1), F.normalize(protos, dim=1)
+    want = 0.0
+    for b in range(6):
+        key = math.exp((float(f1[b] @ f2[b]) + 1) / tau)
+        numerator, denominator = key, key
+        for c in range(C):
+            if not valid[c]:
+                continue
+            s = float(f1[b] @ pq[c]) + 1
+            if c == int(targets[b]):
+                numerator += math.exp(s / tau)
+                denominator += math.exp(s / tau)
+            else:
+                denominator += math.exp(float(weights[b, c]) * s / tau)
+        want -= math.log(numerator / denominator) / 6
+    assert abs(float(got) - want) < 1e-6      # the loss computes in float32
+    single = scob_contrastive_loss_per_sample(z, zk, protos, valid, weights, tau)
+    assert float(got) < float(single) - 1e-3      # a second positive can only lower the loss here
+    # gradients flow to z only (zk and the prototypes are constants of the step)
+    z.requires_grad_(True)
+    scob_contrastive_loss_per_sample(z, zk, protos, valid, weights, tau, own_classes=targets).backward()
+    assert torch.isfinite(z.grad).all() and float(z.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+@pytest.mark.parametrize("negatives", ["correlation", "estimator"])
+def test_prototype_positive_in_the_step(engine, negatives, monkeypatch):
+    """The step passes each image's target class as its own positive, with the weights the
+    negative-weights choice gives, and the loss differs from the step without the option."""
+    seen = []
+    per_sample = scob_method.scob_contrastive_loss_per_sample
+
+    def spy(z, zk, protos, valid, weights, tau, own_classes=None):
+        seen.append((weights.clone(), None if own_classes is None else own_classes.clone()))
+        return per_sample(z, zk, protos, valid, weights, tau, own_classes=own_classes)
+    monkeypatch.setattr(scob_method, "scob_contrastive_loss_per_sample", spy)
+    losses = {}
+    for on in (False, True):
+        method = _method(engine=engine, bank_size=B, negative_weights=negatives, prototype_positive=on)
+        full = (torch.ones(B, 64, dtype=torch.bool), torch.ones(B, 16, dtype=torch.bool))
+        _force_masks(method, [full, full])
+        opt = torch.optim.Adam(method.param_groups())
+        method.train()
+        method.start_epoch(0)
+        batches = list(_batches(2))
+        method.train_step(batches[0], opt)
+        losses[on] = float(method.train_step(batches[1], opt)["loss_cl"])
+    weights, own = seen[-1]
+    classes = method.last_cam["targets"]
+    assert torch.equal(own, classes)
+    expected = method.contrast_weights[classes]
+    if negatives == "estimator":
+        expected = expected * (1 - torch.sigmoid(method.estimator(batches[1]["index"]).detach().float()))
+    torch.testing.assert_close(weights, expected)
+    assert abs(losses[True] - losses[False]) > 1e-5
+
+
 def public_infonce_weighted(z, zk, targets, w, protos, tau):
     """The public InfoNCE written with an explicit class-pair weight matrix (entries of W, not R)."""
     f1, f2, pq = F.normalize(z, dim=1), F.normalize(zk, dim=1), F.normalize(protos, dim=1)
@@ -451,7 +522,8 @@ def test_estimator_negative_weights_in_the_step(engine, monkeypatch):
     seen = []
     per_sample = scob_method.scob_contrastive_loss_per_sample
 
-    def spy(z, zk, protos, valid, weights, tau):
+    def spy(z, zk, protos, valid, weights, tau, own_classes=None):
+        assert own_classes is None
         seen.append(weights.clone())
         return per_sample(z, zk, protos, valid, weights, tau)
     monkeypatch.setattr(scob_method, "scob_contrastive_loss_per_sample", spy)

@@ -9,12 +9,7 @@
 #include <tuple>
 
 #include "common/checks.h"
-
-#if defined(__CUDACC__)
-#define SCOB_FAST_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define SCOB_FAST_HOST_DEVICE inline
-#endif
+#include "common/counter_hash.h"
 
 namespace scob_fast::masked_attention {
 
@@ -34,29 +29,8 @@ Sizes check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& q, con
                             const at::Tensor& v, const at::Tensor& key_keep, const at::Tensor& out,
                             const at::Tensor& lse, double dropout_p, c10::DeviceType device);
 
-// Attention-weight dropout without stored masks: whether weight (b, h, i, j) survives is a hash of
-// its flat index ((b * H + h) * L + i) * L + j and the seed, so forward and backward (and every
-// backend, and the PyTorch reference) agree without saving an L x L mask.
-SCOB_FAST_HOST_DEVICE uint32_t dropout_mix32(uint32_t x) {
-  // "lowbias32" integer finaliser (Chris Wellons' hash prospector): good avalanche, two multiplies.
-  x ^= x >> 16;
-  x *= 0x7feb352dU;
-  x ^= x >> 15;
-  x *= 0x846ca68bU;
-  x ^= x >> 16;
-  return x;
-}
-
-SCOB_FAST_HOST_DEVICE uint32_t dropout_bits(uint64_t counter, uint32_t seed) {
-  return dropout_mix32(dropout_mix32(static_cast<uint32_t>(counter >> 32) + seed) ^
-                       static_cast<uint32_t>(counter));
-}
-
-// Weights whose bits are >= threshold survive; P(survive) = 1 - p up to 2^-32.
-inline uint32_t dropout_threshold(double p) {
-  const double t = p * 4294967296.0;
-  return t >= 4294967295.0 ? 4294967295U : static_cast<uint32_t>(t);
-}
+// Attention-weight dropout without stored masks (common/counter_hash.h): weight (b, h, i, j) uses
+// the counter ((b * H + h) * L + i) * L + j.
 
 std::tuple<at::Tensor, at::Tensor> masked_attention_fwd_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_keep,

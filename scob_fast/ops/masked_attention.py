@@ -46,30 +46,18 @@ import torch
 from scob_fast import env
 from scob_fast.ops._dispatch import Backend, Dispatcher
 from scob_fast.ops._kernel_op import register_kernel_op, triton_missing
+from scob_fast.ops.counter_hash import MASK32 as _MASK32, keep_mask
 
 OP_NAME = "masked_attention"
 _FLOAT_TYPES = (torch.float32, torch.bfloat16, torch.float64)
-_MASK32 = 0xFFFFFFFF
 
 
 # --------------------------------------------------------------------------------------------
 # Reference (the definition of the op's semantics)
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    # lowbias32 on uint32 values held in int64; products wrap mod 2^64, whose low 32 bits are exact.
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _MASK32
-    return x ^ (x >> 16)
-
-
 def dropout_keep_mask(B: int, H: int, L: int, dropout_p: float, seed: int, device=None) -> torch.Tensor:
     """bool [B, H, L, L]: which attention weights survive dropout for this seed (all backends agree)."""
-    counter = torch.arange(B * H * L * L, dtype=torch.int64, device=device).view(B, H, L, L)
-    bits = _mix32(_mix32(((counter >> 32) + (int(seed) & _MASK32)) & _MASK32) ^ (counter & _MASK32))
-    threshold = min(int(dropout_p * 4294967296.0), _MASK32)
-    return bits >= threshold
+    return keep_mask(B * H * L * L, dropout_p, seed, device).view(B, H, L, L)
 
 
 def masked_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_keep: torch.Tensor,

@@ -32,6 +32,10 @@ class ScobConfig:
                                    "times 1 - the label estimator's probability of class c for that image, so a "
                                    "class the estimator believes present is not pushed away",
                                    choices=("correlation", "estimator"))
+    prototype_positive: bool = option(False, "ours: the image's own class prototype (the bank's most confident "
+                                      "stored embedding of its class) is a second positive of the InfoNCE "
+                                      "beside the momentum key, where the public code gives it weight 0 "
+                                      "(W[y, y] = 1 - 1^2)")
     estimator_blend: float = option(0.0, "ours, 0 = published: after each supervised step the batch's unknown "
                                     "estimator entries move this fraction of the way (in probability) to the "
                                     "classifier's prediction from that step, besides their gradient step (an "

@@ -44,16 +44,30 @@ def scob_contrastive_loss(z, zk, labels, prototypes, prototype_valid, weights, t
         extra_positive=zk, positives="extra_only", weight_mode="logit", logit_shift=1.0, backend=backend)
 
 
-def scob_contrastive_loss_per_sample(z, zk, prototypes, prototype_valid, weights, temperature):
+def scob_contrastive_loss_per_sample(z, zk, prototypes, prototype_valid, weights, temperature, own_classes=None):
     """The published InfoNCE with a weight per (sample, class) instead of per (class, class):
     logits [cos(z, zk) + 1, weights[b, c] (cos(z, proto_c) + 1) for every stored class c] / temperature,
     cross-entropy on index 0, mean over the batch. weights: [B, C]; with weights = W[labels] this is
-    scob_contrastive_loss."""
+    scob_contrastive_loss.
+
+    own_classes ([B] long, ours: --prototype-positive): the sample's own class prototype joins the
+    positive side with weight 1, -log((e^{l_k} + e^{l_y}) / sum_j e^{l_j}), so the hard view's class
+    embedding is pulled towards the class's most confident stored embedding as well as to its own
+    momentum key (a class it has no prototype for keeps the single positive)."""
     z = F.normalize(z.float(), dim=1)
     zk = F.normalize(zk.float(), dim=1)
     protos = F.normalize(prototypes.float(), dim=1)
     positive = (z * zk).sum(dim=1, keepdim=True) + 1.0
-    negatives = weights.float() * (z @ protos.t() + 1.0)
-    negatives = negatives.masked_fill(~prototype_valid[None, :], float("-inf"))
+    similarity = z @ protos.t() + 1.0
+    weights = weights.float()
+    own = None
+    if own_classes is not None:
+        own = F.one_hot(own_classes.long(), protos.shape[0]).bool() & prototype_valid[None, :]
+        weights = torch.where(own, torch.ones_like(weights), weights)
+    negatives = (weights * similarity).masked_fill(~prototype_valid[None, :], float("-inf"))
     logits = torch.cat([positive, negatives], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(z.shape[0], dtype=torch.long, device=z.device))
+    if own is None:
+        return F.cross_entropy(logits, torch.zeros(z.shape[0], dtype=torch.long, device=z.device))
+    positives = torch.cat([torch.ones_like(own[:, :1]), own], dim=1)
+    numerator = torch.logsumexp(logits.masked_fill(~positives, float("-inf")), dim=1)
+    return (torch.logsumexp(logits, dim=1) - numerator).mean()

@@ -354,10 +354,13 @@ class Scob(Method):
             prototypes = torch.where(valid[:, None], prototypes, torch.zeros_like(prototypes))
             valid = torch.ones_like(valid)
         z_all = self.ctx.dist.gather_with_grad(z)
-        if a.negative_weights == "estimator":
-            believed = torch.sigmoid(self.estimator(indices).detach().float())
-            weights = self.contrast_weights[classes] * (1.0 - believed)
-            loss = a.lambda_cl * scob_contrastive_loss_per_sample(z_all, zk, prototypes, valid, weights, a.temperature)
+        if a.negative_weights == "estimator" or a.prototype_positive:
+            weights = self.contrast_weights[classes]
+            if a.negative_weights == "estimator":
+                weights = weights * (1.0 - torch.sigmoid(self.estimator(indices).detach().float()))
+            loss = a.lambda_cl * scob_contrastive_loss_per_sample(
+                z_all, zk, prototypes, valid, weights, a.temperature,
+                own_classes=classes if a.prototype_positive else None)
         else:
             loss = a.lambda_cl * scob_contrastive_loss(
                 z_all, zk, classes, prototypes, valid, self.contrast_weights, a.temperature,
