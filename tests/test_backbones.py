@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -76,3 +78,35 @@ def test_folded_batchnorm_and_channels_last_match_the_plain_network(name):
     with torch.no_grad():
         for a, b in zip(plain(x), fast(x)):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_tf_same_padding_buffer_equals_a_fresh_pad(channels_last, kernel):
+    """Without a gradient Conv2dSame pads into a buffer it keeps; successive calls (new values,
+    new shapes, new dtypes) must give exactly what a fresh F.pad gives, and a call that wants a
+    gradient must not share the buffer."""
+    torch.manual_seed(0)
+    conv = Conv2dSame(6, 6, kernel, stride=2, groups=6, bias=False).requires_grad_(False)
+
+    def fresh(x):
+        pads = []
+        for size in x.shape[-2:]:
+            total = max((math.ceil(size / 2) - 1) * 2 + kernel - size, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (left, right, top, bottom)),
+                                          conv.weight, None, 2, 0, 1, 6)
+
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for shape, dtype in [((2, 6, 16, 16), torch.float32), ((2, 6, 16, 16), torch.float32),
+                         ((3, 6, 15, 17), torch.float32), ((2, 6, 16, 16), torch.float64),
+                         ((2, 6, 16, 16), torch.float32)]:
+        x = (torch.randn(shape, dtype=dtype) + 3.0).contiguous(memory_format=layout)
+        got = conv.to(dtype)(x)
+        torch.testing.assert_close(got, fresh(x), rtol=0, atol=0)
+    assert conv._padded_buffer is not None
+    kept = conv._padded_buffer
+    x = torch.randn(2, 6, 16, 16, requires_grad=True)
+    conv.to(torch.float32)(x).sum().backward()
+    assert conv._padded_buffer is kept and x.grad is not None
