@@ -60,10 +60,13 @@ class Conv2dSame(nn.Conv2d):
         call, and at [16, 96, 65, 65] that first touch of 26 MB cost 16 ms a call in the Scob step
         (page faults), 4x the copy itself. The border is zeroed once per buffer; each call copies
         only the interior. With a gradient the convolution would save the buffer for its backward
-        and the next call would overwrite it, so that case pads afresh. Measured: the fast Scob step at
+        and the next call would overwrite it, so that case (and tracing, export, compiling) pads afresh. Measured: the fast Scob step at
         128 px, batch 16, one thread, 1.024x (8 alternating repeats in one process). The buffer
         holds one padded input per stride-2 convolution (26 MB at batch 16 and 128 px)."""
-        if x.requires_grad or self.weight.requires_grad or torch.is_inference_mode_enabled():
+        if (x.requires_grad or self.weight.requires_grad or torch.is_inference_mode_enabled()
+                or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+                or torch.onnx.is_in_onnx_export()):
+            # (a traced or compiled graph would bake the buffer in as a constant of one batch size)
             return F.pad(x, (left, right, top, bottom))
         n, c, h, w = x.shape
         shape = (n, c, h + top + bottom, w + left + right)
