@@ -42,4 +42,5 @@ queue=(
   "scob-lre0.1 --method scob --lr-estimator 0.1 ${CACHE[*]}"
   "scob-ours --method scob --lr-estimator 0.1 --estimator-init-width 0.1 --ema-alpha 0.93 --negative-weights estimator --prototype-positive --lambda-cl 0.05 ${CACHE[*]}"
 )
-printf '%s\n' "${queue[@]}" | xargs -P "$JOBS" -I{} bash -c "$(declare -f run); PY=$PY OUT=$OUT FLAGS=\"$FLAGS\" run {}" | tee -a "$OUT/table.txt"
+export PY OUT FLAGS  # read by run() in the xargs shells
+printf '%s\n' "${queue[@]}" | xargs -P "$JOBS" -I{} bash -c "$(declare -f run); run {}" | tee -a "$OUT/table.txt"
