@@ -6,8 +6,9 @@
 (The shapes live in bench/shapes.py, shared with `pytest bench --benchmark-only`.)
 Methods (float32, CPU):
   auto          scob_fast masked_attention as a caller runs it (no backend forced): row `ran` says
-                which backend its dispatch chose (sdpa for forward-only calls that mask no key)
-  cpp           scob_fast masked_attention, backend="cpp" (what auto ran before that rule)
+                which backend its dispatch chose (the rule for forward-only calls that mask no key:
+                bench/masked_attention_rule.py)
+  cpp           scob_fast masked_attention, backend="cpp" (forced)
   reference     masked_attention_reference (dense masked softmax; the op's definition)
   sdpa_mask     F.scaled_dot_product_attention with the same boolean key mask (the peer)
   gather_sdpa   the smart pure-PyTorch peer: gather each sample's kept keys (padded to the batch's

@@ -7,6 +7,8 @@ bfloat16 (both printed with -s).
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -362,10 +364,10 @@ def test_sdpa_backend_matches_reference_and_is_not_automatic_with_masked_keys(B,
 
 
 # --------------------------------------------------------------------------------------------
-# The automatic CPU rule: forward-only, dropout 0, no key masked -> torch's SDPA without a mask;
-# anything else -> the priority order (cpp here). Outputs are checked against softmax(s q k^T) v
-# written out below (no key is masked, so that is the whole definition), gradients against the
-# reference.
+# The automatic CPU rule: forward-only, dropout 0, no key masked and B*H*L*L*D below 2^21 -> torch's
+# SDPA without a mask; anything else -> the priority order (cpp here). Outputs are checked against
+# softmax(s q k^T) v written out below (no key is masked, so that is the whole definition),
+# gradients against the reference.
 
 def _dense_attention(q, k, v):
     q, k, v = q.double(), k.double(), v.double()
@@ -375,18 +377,28 @@ def _dense_attention(q, k, v):
 RULE_SHAPES = [(1, 1, 1, 32), (3, 8, 17, 64), (2, 8, 196, 64), (1, 2, 784, 64)]
 
 
+# (B, H, L, D) and what a float32 forward-only call that masks no key runs: SDPA strictly below 2^21
+# multiply-adds in the score product, the C++ kernel from there on (the boundary on both sides).
+# bfloat16 runs SDPA from head dim 64 on and the C++ kernel below it, at every size.
+RULE_CASES = [((1, 1, 1, 32), "sdpa"), ((3, 8, 17, 64), "sdpa"), ((3, 8, 64, 16), "sdpa"),
+              ((4, 8, 64, 15), "sdpa"), ((4, 8, 64, 16), "cpp"), ((2, 8, 196, 64), "cpp"), ((1, 2, 784, 64), "cpp")]
+
+
 @needs_cpp
-@pytest.mark.parametrize("B, H, L, D", RULE_SHAPES)
+@pytest.mark.parametrize("shape, expected", RULE_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_auto_forward_only_without_masked_keys_runs_sdpa(B, H, L, D, dtype):
+def test_auto_forward_only_without_masked_keys_runs_sdpa_when_small(shape, expected, dtype):
+    B, H, L, D = shape
+    if dtype == torch.bfloat16:
+        expected = "sdpa" if D >= 64 else "cpp"
     q, k, v, keep, _ = _inputs(B, H, L, D, 1.0, dtype, seed=L + D)
     with torch.no_grad():
         out = masked_attention(q, k, v, keep)
-    assert last_backend("masked_attention") == "sdpa"
+    assert last_backend("masked_attention") == expected
     assert out.dtype == dtype and out.shape == q.shape
     want = _dense_attention(q, k, v)
     if dtype == torch.float32:
-        _assert_close("auto sdpa out", out, want, 1e-5, 1e-5)
+        _assert_close(f"auto {expected} out", out, want, 1e-5, 1e-5)
     else:   # the 2x-of-PyTorch-bfloat16 rule of the kernels
         kernel_err = (out.double() - want).abs().max().item()
         torch_err = (_bf16_torch(q.detach(), k.detach(), v.detach(), keep).double() - want).abs().max().item()
@@ -418,6 +430,8 @@ def test_auto_with_gradients_runs_cpp_and_matches_reference(B, H, L, D):
     ("forced auto", "sdpa"),
     ("env forces reference", "reference"),
     ("float64", "cpp"),
+    ("bfloat16", "cpp"),
+    ("float16", "sdpa"),
 ])
 def test_auto_rule_cases(monkeypatch, case, expected):
     B, H, L, D = 2, 2, 9, 8
@@ -443,13 +457,56 @@ def test_auto_rule_cases(monkeypatch, case, expected):
         kwargs = dict(backend="auto")
     elif case == "env forces reference":
         monkeypatch.setenv("SCOB_FAST_MASKED_ATTENTION_BACKEND", "reference")
-    elif case == "float64":
-        q, k, v = q.double(), k.double(), v.double()
+    elif case in ("float64", "bfloat16", "float16"):
+        q, k, v = (t.to(getattr(torch, case)) for t in (q, k, v))
     with context:
         out = masked_attention(q, k, v, keep, **kwargs)
     assert last_backend("masked_attention") == expected
-    if "dropout" not in case:
-        _assert_close(case, out, masked_attention_reference(q, k, v, keep), 1e-5, 1e-5)
+    if "dropout" not in case:   # against the definition in float64 on the same (rounded) inputs
+        tol = {torch.bfloat16: 1e-2, torch.float16: 2e-3}.get(q.dtype, 1e-5)
+        _assert_close(case, out, masked_attention_reference(q.double(), k.double(), v.double(), keep), tol, tol)
+
+
+@needs_cpp
+@pytest.mark.parametrize("masked_key", [False, True])
+def test_cpp_forward_allocates_kept_key_panels_only_when_it_gathers(masked_key):
+    # float32 with every key kept is read in place: the peak is the output plus small buffers, where
+    # the K and V panels alone would be twice the output. One masked key brings the panels back.
+    from bench._common import peak_memory_bytes
+    B, H, L, D = 8, 8, 256, 64
+    q, k, v, keep, _ = _inputs(B, H, L, D, 1.0, torch.float32, seed=11)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    if masked_key:
+        keep[0, 5] = False
+    out_bytes = B * H * L * D * 4
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # one worker's score scratch (under 0.5 MiB here) instead of one per thread
+    try:
+        with torch.no_grad():
+            peak = peak_memory_bytes(lambda: masked_attention(q, k, v, keep, backend="cpp"))
+    finally:
+        torch.set_num_threads(threads)
+    if masked_key:
+        assert peak >= out_bytes + 2 * out_bytes * (L - 1) // L, peak / out_bytes
+    else:
+        assert peak < 1.5 * out_bytes, peak / out_bytes
+
+
+@needs_cpp
+def test_rule_benchmark_records_what_the_rule_ran(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "bench.masked_attention_rule", "--shapes", "2,2,9,8;1,2,16,64",
+                           "--rounds", "1", "--budget-s", "0", "--out-dir", str(tmp_path)], cwd=root,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "masked_attention_rule.json").read_text())["results"]
+    ran = {(r["dtype"], r["D"]): r["ran"] for r in rows if r["backend"] == "auto"}
+    assert ran == {("float32", 8): "sdpa", ("float32", 64): "sdpa", ("bfloat16", 8): "cpp", ("bfloat16", 64): "sdpa"}
+    assert all(isinstance(r["speedup"], float) and r["median_ms"] > 0 for r in rows)
 
 
 @needs_cpp

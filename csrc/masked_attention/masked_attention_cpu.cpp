@@ -399,18 +399,22 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const auto acc_opt = at::TensorOptions().dtype(scalar_type_of<acc_t>());
 
   // Phase 1: per (b, h), the kept K and V rows as dense panels (shared by all query blocks).
+  // No panel memory at all when every sample keeps every key of K and V already in acc_t (keep 1.0
+  // in float32): gather_kept then reads them in place, and the call's peak stays that of its output.
   const int64_t nmax = comp.max_count;
-  at::Tensor panels = at::empty({BH, 2, nmax, D}, acc_opt);
+  bool gathers = !std::is_same_v<scalar_t, acc_t>;
+  for (int64_t b = 0; b < B && !gathers; ++b) gathers = comp.count[b] < L;
+  at::Tensor panels = at::empty({gathers ? BH : 0, 2, nmax, D}, acc_opt);
   std::vector<const acc_t*> kc(BH), vc(BH);
   std::vector<int64_t> kld(BH), vld(BH);
-  acc_t* panel_p = panels.data_ptr<acc_t>();
+  acc_t* panel_p = gathers ? panels.data_ptr<acc_t>() : nullptr;
   at::parallel_for(0, BH, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H, n = comp.count[b];
-      acc_t* kpanel = panel_p + (bh * 2) * nmax * D;
+      acc_t* kpanel = gathers ? panel_p + (bh * 2) * nmax * D : nullptr;
       kc[bh] = gather_kept<scalar_t, acc_t>(kp + b * ks.b + h * ks.h, ks.l, index + b * L, n, L, D, kpanel, &kld[bh]);
       vc[bh] = gather_kept<scalar_t, acc_t>(vp + b * vs.b + h * vs.h, vs.l, index + b * L, n, L, D,
-                                            kpanel + nmax * D, &vld[bh]);
+                                            gathers ? kpanel + nmax * D : nullptr, &vld[bh]);
     }
   });
 

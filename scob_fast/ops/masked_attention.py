@@ -28,13 +28,19 @@ The cpp, cuda and triton backends have their own backward kernels; all three are
 same fake kernels (torch.compile) and autograd, registered by scob_fast/ops/_kernel_op.py.
 
 Automatic choice, CPU: a forward-only call (no gradient will be recorded) with dropout_p = 0 that
-masks no key runs torch's SDPA without a mask (`last_backend` says "sdpa"): there the C++ kernel
-has nothing to skip and torch's flash kernel is as fast or faster (bench/masked_attention.py
---quick, B = 8, median of 3 runs: the C++ kernel 0.78x SDPA at L = 196, 1.08x at L = 784; this
-rule 1.08x and 1.02x), while with a gradient the C++ forward+backward stays ahead (1.2x at keep
-1.0) and with masked keys the C++ kernel skips them (2.6x at keep 0.3, L = 784). Everything else
-follows the priority order. While torch.compile traces, the rule (which reads key_keep) is not
-applied.
+masks no key runs torch's SDPA without a mask (`last_backend` says "sdpa") when it is float32 with
+B*H*L*L*D below 2^21 multiply-adds (the custom op's fixed cost dominates and the C++ kernel has
+nothing to skip), bfloat16 with head dim 64 or more, or float16 (which the C++ kernel does not run);
+every other call follows the priority order. Measured on 2026-12-04 on this 2-core Zen 4 machine,
+quiet, H = 8, calls interleaved (`python -m bench.masked_attention_rule`:
+bench/results/masked_attention_rule.json, two threads, and masked_attention_rule_1thr.json, one),
+the C++ kernel against SDPA: float32 0.60-0.76x below 2^21 (one thread 0.74-0.75x), 0.94-1.00x at
+it, 1.04-1.18x above it (1.03-1.07x); bfloat16 1.15-1.53x at head dims 16 and 32 (1.05-1.54x), at
+head dim 64 0.70-1.30x (one thread 0.80-1.04x) with 4-5x SDPA's peak memory, since it widens K and V
+to float32 panels. An earlier rule sent every such call to SDPA (a quick run at commit 4d7c0c2 had
+the kernel 0.78x at B = 8, L = 196 in float32). With a gradient the C++ forward+backward stays ahead,
+and with masked keys the C++ kernel skips them (2.6x at keep 0.3, L = 784). While torch.compile
+traces, the rule (which reads key_keep) is not applied.
 """
 from __future__ import annotations
 
@@ -198,14 +204,27 @@ def _cuda_refuses(q, k, v, key_keep) -> Optional[str]:
     return None
 
 
-# dtypes of torch's CPU flash kernel (float16 CPU tensors would otherwise go to the reference).
-_SDPA_RULE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# float32 below this many multiply-adds per score product (B*H*L*L*D): the op's fixed cost loses to SDPA's.
+SDPA_RULE_MAX_WORK = 2 ** 21
+# bfloat16 from this head dim on: SDPA's bfloat16 kernel is level or ahead, at a quarter of the memory
+# (the C++ kernel widens K and V to float32 panels).
+SDPA_RULE_BF16_MIN_HEAD_DIM = 64
 
 
 def sdpa_rule_applies(q, k, v, key_keep, dropout_p: float) -> bool:
-    """The automatic CPU rule of the module docstring: forward-only, no dropout, no key masked."""
-    if q.device.type != "cpu" or q.dtype not in _SDPA_RULE_DTYPES or dropout_p > 0.0 or key_keep.numel() == 0:
+    """The automatic CPU rule of the module docstring: forward-only, no dropout, no key masked, and
+    float32 below SDPA_RULE_MAX_WORK, bfloat16 from SDPA_RULE_BF16_MIN_HEAD_DIM on, or float16 (which
+    the C++ kernel does not run)."""
+    if q.device.type != "cpu" or dropout_p > 0.0 or key_keep.numel() == 0:
         return False
+    if q.dtype == torch.float32:
+        if q.numel() * k.shape[2] >= SDPA_RULE_MAX_WORK:
+            return False
+    elif q.dtype == torch.bfloat16:
+        if q.shape[-1] < SDPA_RULE_BF16_MIN_HEAD_DIM:
+            return False
+    elif q.dtype != torch.float16:
+        return False   # float64: the C++ kernel's exact path
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return False
     if torch.compiler.is_compiling():
@@ -255,4 +274,5 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_keep
 
 
 __all__ = ["DISPATCHER", "masked_attention", "masked_attention_reference", "masked_attention_sdpa",
-           "dropout_keep_mask", "sdpa_rule_applies"]
+           "dropout_keep_mask", "sdpa_rule_applies", "SDPA_RULE_MAX_WORK",
+           "SDPA_RULE_BF16_MIN_HEAD_DIM"]
