@@ -41,6 +41,7 @@ queue=(
   "scob --method scob ${CACHE[*]}"
   "scob-lre0.1 --method scob --lr-estimator 0.1 ${CACHE[*]}"
   "scob-ours --method scob --lr-estimator 0.1 --estimator-init-width 0.1 --ema-alpha 0.93 --negative-weights estimator --prototype-positive --lambda-cl 0.05 ${CACHE[*]}"
+  "scob-ours-cl0 --method scob --lr-estimator 0.1 --estimator-init-width 0.1 --ema-alpha 0.93 --negative-weights estimator --prototype-positive --lambda-cl 0 ${CACHE[*]}"
 )
 export PY OUT FLAGS  # read by run() in the xargs shells
 printf '%s\n' "${queue[@]}" | xargs -P "$JOBS" -I{} bash -c "$(declare -f run); run {}" | tee -a "$OUT/table.txt"
