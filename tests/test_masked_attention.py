@@ -7,7 +7,11 @@ bfloat16 (both printed with -s).
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -494,13 +498,9 @@ def test_cpp_forward_allocates_kept_key_panels_only_when_it_gathers(masked_key):
 
 @needs_cpp
 def test_rule_benchmark_records_what_the_rule_ran(tmp_path):
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-m", "bench.masked_attention_rule", "--shapes", "2,2,9,8;1,2,16,64",
-                           "--rounds", "1", "--budget-s", "0", "--out-dir", str(tmp_path)], cwd=root,
+                           "--rounds", "1", "--budget-s", "0", "--out-dir", str(tmp_path)],
+                          cwd=Path(__file__).resolve().parent.parent,
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((tmp_path / "masked_attention_rule.json").read_text())["results"]
