@@ -41,6 +41,23 @@ def median_time_s(fn: Callable[[], object], repeats: int = 7, warmup: int = 2, m
     return statistics.median(samples)
 
 
+def interleaved_samples(calls: dict[str, Callable[[], object]], min_rounds: int, budget_s: float = 0.0,
+                        max_rounds: int | None = None) -> dict[str, list[float]]:
+    """Seconds of each call, the calls taking turns round by round (a burst of outside load on this
+    shared machine then hits them all alike): at least min_rounds rounds, more while the rounds so
+    far took under budget_s, up to max_rounds (default min_rounds)."""
+    samples = {name: [] for name in calls}
+    limit = min_rounds if max_rounds is None else max_rounds
+    start, rounds = time.perf_counter(), 0
+    while rounds < min_rounds or (time.perf_counter() - start < budget_s and rounds < limit):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return samples
+
+
 def add_device_arguments(parser) -> None:
     """--device and --out-dir, shared by the benchmark scripts (scripts/gpu_check.sh passes both)."""
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",

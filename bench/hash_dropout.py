@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import add_device_arguments, device_name, peak_memory_bytes, print_table, resolve_device, synchronized, write_results  # noqa: E402,E501
+from bench._common import add_device_arguments, device_name, interleaved_samples, peak_memory_bytes, print_table, resolve_device, synchronized, write_results  # noqa: E402,E501
 from bench.shapes import DROPOUT_BACKENDS, DROPOUT_P, DROPOUT_SHAPES  # noqa: E402
 from scob_fast.ops import last_backend  # noqa: E402
 from scob_fast.ops.hash_dropout import hash_dropout  # noqa: E402
@@ -74,12 +73,7 @@ def main() -> None:
                 call()
                 call()   # warm-up
                 ran[b] = last_backend("hash_dropout") if b == "auto" else None
-            samples = {b: [] for b in backends}
-            for _ in range(args.repeats):           # backends take turns
-                for b, call in calls.items():
-                    start = time.perf_counter()
-                    call()
-                    samples[b].append(time.perf_counter() - start)
+            samples = interleaved_samples(calls, args.repeats)
             medians = {b: statistics.median(s) for b, s in samples.items()}
             for b in backends:
                 rows.append({"shape": "x".join(map(str, shape)), "pass": pass_, "backend": b, "ran": ran[b],

@@ -29,14 +29,13 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import (add_device_arguments, device_name, merge_runs, median_time_s,  # noqa: E402
+from bench._common import (add_device_arguments, device_name, interleaved_samples, merge_runs,  # noqa: E402
                            peak_memory_bytes, print_table, resolve_device, runnable, synchronized,
                            write_results)
 from bench.shapes import (ATTENTION_HEAD_DIM, ATTENTION_HEADS, ATTENTION_METHODS_FULL,  # noqa: E402
@@ -125,21 +124,14 @@ def bench_config(B, L, keep_fraction, repeats, methods, device=torch.device("cpu
             skipped.update(missing)
     rows = []
     for pass_name in PASSES:
-        # Methods take turns call by call, so a burst of load from other processes on this shared
-        # machine hits them all alike instead of whichever happened to be running.
-        samples = {name: [] for name in methods}
         ran = {}   # the backend each scob_fast method's dispatch chose (None for the PyTorch peers)
         for name in methods:
             calls[name][pass_name]()  # warm-up
-        start = time.perf_counter()
-        rounds = 0
+            ran[name] = last_backend("masked_attention") if name in ("auto", "cpp", "triton", "cuda") else None
         # at least `repeats` rounds, more (up to 8x) while they take under ROUND_BUDGET_S: cheap shapes
         # get enough samples for their median to mean something on a noisy machine
-        while rounds < repeats or (time.perf_counter() - start < ROUND_BUDGET_S and rounds < 8 * repeats):
-            for name in methods:
-                samples[name].append(median_time_s(calls[name][pass_name], repeats=1, warmup=0))
-                ran[name] = last_backend("masked_attention") if name in ("auto", "cpp", "triton", "cuda") else None
-            rounds += 1
+        samples = interleaved_samples({name: calls[name][pass_name] for name in methods}, repeats, ROUND_BUDGET_S,
+                                      8 * repeats)
         for name in methods:
             peak = peak_memory_bytes(calls[name][pass_name], device)
             rows.append(dict(B=B, H=ATTENTION_HEADS, L=L, D=ATTENTION_HEAD_DIM, keep=keep_fraction,

@@ -6,8 +6,8 @@
 Every shape masks no key and records no gradient, the calls the rule decides (see
 scob_fast/ops/masked_attention.py). Backends take turns call by call: sdpa (torch's
 scaled_dot_product_attention without a mask: the peer, and what the rule runs for float32 below
-SDPA_RULE_MAX_WORK multiply-adds and bfloat16 from SDPA_RULE_BF16_MIN_HEAD_DIM on), cpp (the C++ kernel, forced) and auto (the op as callers run
-it; `ran` says what the rule chose). Rows: shape, dtype, work (B*H*L*L*D), median_ms, peak_mib and
+SDPA_RULE_MAX_WORK multiply-adds and bfloat16 from SDPA_RULE_BF16_MIN_HEAD_DIM on), cpp (the C++
+kernel, forced) and auto (the op as callers run it; `ran` says what the rule chose). Rows: shape, dtype, work (B*H*L*L*D), median_ms, peak_mib and
 speedup (sdpa time / this time). Results go to bench/results/masked_attention_rule.json (or --output NAME;
 --out-dir DIR puts it in DIR).
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import peak_memory_bytes, print_table, write_results  # noqa: E402
+from bench._common import interleaved_samples, peak_memory_bytes, print_table, write_results  # noqa: E402
 from scob_fast.ops import last_backend  # noqa: E402
 from scob_fast.ops.masked_attention import SDPA_RULE_BF16_MIN_HEAD_DIM, SDPA_RULE_MAX_WORK, masked_attention  # noqa: E402,E501
 
@@ -36,7 +35,6 @@ SHAPES = ((1, 8, 49, 64), (16, 8, 16, 16), (4, 8, 64, 16), (16, 8, 64, 16), (16,
           (16, 8, 64, 32), (8, 8, 196, 32), (8, 8, 196, 64), (32, 8, 196, 64), (8, 8, 784, 64),
           (32, 8, 784, 64))
 DTYPES = (torch.float32, torch.bfloat16)
-BACKENDS = ("sdpa", "cpp", "auto")
 COLUMNS = ["shape", "dtype", "work", "backend", "ran", "median_ms", "peak_mib", "speedup"]
 
 
@@ -57,22 +55,16 @@ def bench_shape(B, H, L, D, dtype, min_rounds: int, budget_s: float) -> list[dic
     q, k, v = (torch.randn(B, H, L, D, generator=g).to(dtype) for _ in range(3))
     keep = torch.ones(B, L, dtype=torch.bool)
     fns = calls(q, k, v, keep)
-    times = {name: [] for name in fns}
     ran = {}
     with torch.no_grad():
         for name, fn in fns.items():
             fn()
             fn()
             ran[name] = last_backend("masked_attention") if name == "auto" else name
-        start, rounds = time.perf_counter(), 0
-        while rounds < min_rounds or (time.perf_counter() - start < budget_s and rounds < 20 * min_rounds):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-            rounds += 1
+        times = interleaved_samples(fns, min_rounds, budget_s, 20 * min_rounds)
         peaks = {name: peak_memory_bytes(fn) for name, fn in fns.items()}
     medians = {name: statistics.median(samples) for name, samples in times.items()}
+    rounds = len(times["sdpa"])
     return [{"shape": f"{B}x{H}x{L}x{D}", "B": B, "H": H, "L": L, "D": D, "dtype": str(dtype).split(".")[-1],
              "work": B * H * L * L * D, "backend": name, "ran": ran[name], "median_ms": medians[name] * 1e3,
              "peak_mib": peaks[name] / 2 ** 20, "speedup": medians["sdpa"] / medians[name], "rounds": rounds}

@@ -368,8 +368,9 @@ def test_sdpa_backend_matches_reference_and_is_not_automatic_with_masked_keys(B,
 
 
 # --------------------------------------------------------------------------------------------
-# The automatic CPU rule: forward-only, dropout 0, no key masked and B*H*L*L*D below 2^21 -> torch's
-# SDPA without a mask; anything else -> the priority order (cpp here). Outputs are checked against
+# The automatic CPU rule: forward-only, dropout 0, no key masked, and float32 with B*H*L*L*D below
+# 2^21, bfloat16 with head dim >= 64 or float16 -> torch's SDPA without a mask; anything else -> the
+# priority order (cpp here). Outputs are checked against
 # softmax(s q k^T) v written out below (no key is masked, so that is the whole definition),
 # gradients against the reference.
 
